@@ -1,0 +1,220 @@
+"""Datasets held in memory as uint8 tensors, their train/search/test splits and batching.
+
+Readers: the CIFAR-10/100 python layout (``cifar-10-batches-py`` / ``cifar-100-python``), a folder
+of images with one subfolder per class (``folder``), and a seeded ``synthetic`` dataset for tests and
+the demo. Images are kept as ``uint8`` tensors of shape (N, C, H, W); normalisation
+``(x / 255 - mean) / std`` is applied per batch (or once, for evaluation tensors).
+
+AMC evaluates candidate policies on a ``search`` split held out from the *training* set, never on
+the test set: :func:`load_splits` carves it out with a seeded permutation.
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .errors import AmcError
+
+# Normalisation used to train the CIFAR ResNet checkpoints amc is tested with (RGB in [0, 1]).
+DEFAULT_MEAN = (0.485, 0.456, 0.406)
+DEFAULT_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+@dataclass
+class ImageSet:
+    """Images (uint8, N x C x H x W) with integer labels (N,) and class names."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> "ImageSet":
+        return ImageSet(self.images[index], self.labels[index], self.classes)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    mean: tuple[float, ...] = DEFAULT_MEAN
+    std: tuple[float, ...] = DEFAULT_STD
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, H, W) -> normalised float32."""
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+        return (images.float().div_(255) - mean) / std
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how it is split.
+
+    ``dataset``: ``cifar10``, ``cifar100``, ``folder`` or ``synthetic``. ``search_size``: images held
+    out from the training set for the search split (0 for none). ``synthetic_size``: (train, test)
+    image counts of the synthetic dataset. ``image_size``: side length images of a ``folder`` dataset
+    are resized to.
+    """
+
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    search_size: int = 5000
+    split_seed: int = 0
+    normalization: Normalization = field(default_factory=Normalization)
+    synthetic_size: tuple[int, int] = (2000, 500)
+    image_size: int = 32
+    num_classes_hint: int = 10
+
+
+# ---------------------------------------------------------------- readers
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except FileNotFoundError:
+        raise AmcError(f"CIFAR file missing: {path}") from None
+    except Exception as exc:
+        raise AmcError(f"cannot read CIFAR file {path}: {exc}") from None
+
+
+def _find_dir(data_dir: str | None, inner: str, marker: str) -> Path:
+    if not data_dir:
+        raise AmcError("this dataset needs --data-dir")
+    root = Path(data_dir).expanduser()
+    for candidate in (root, root / inner):
+        if (candidate / marker).is_file():
+            return candidate
+    if not root.exists():
+        raise AmcError(f"data directory not found: {root}")
+    raise AmcError(f"{root} is not a {inner} folder (no '{marker}' in it or in {root / inner})")
+
+
+def read_cifar(data_dir: str | None, split: str, num_classes: int = 10) -> ImageSet:
+    """CIFAR-10/100 in the standard python layout; ``split`` is ``train`` or ``test``."""
+    if num_classes == 10:
+        folder = _find_dir(data_dir, "cifar-10-batches-py", "batches.meta")
+        files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        label_key, meta_file, names_key = "labels", "batches.meta", "label_names"
+    else:
+        folder = _find_dir(data_dir, "cifar-100-python", "meta")
+        files = ["train"] if split == "train" else ["test"]
+        label_key, meta_file, names_key = "fine_labels", "meta", "fine_label_names"
+    parts = [_unpickle(folder / f) for f in files]
+    data = np.concatenate([np.asarray(p["data"], dtype=np.uint8) for p in parts])
+    labels = np.concatenate([np.asarray(p[label_key], dtype=np.int64) for p in parts])
+    classes = list(_unpickle(folder / meta_file)[names_key])
+    return ImageSet(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels), classes)
+
+
+def read_image_folder(root: str | Path, image_size: int) -> ImageSet:
+    """``root/<class>/<image>``; images converted to RGB and resized to ``image_size`` squared."""
+    from PIL import Image  # noqa: PLC0415  (Pillow ships with matplotlib)
+
+    root = Path(root)
+    if not root.is_dir():
+        raise AmcError(f"image folder not found: {root}")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise AmcError(f"image folder {root} has no class subfolders")
+    images, labels = [], []
+    for idx, cls in enumerate(classes):
+        for f in sorted((root / cls).iterdir()):
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                img = Image.open(f).convert("RGB").resize((image_size, image_size))
+            except Exception as exc:
+                raise AmcError(f"cannot read image {f}: {exc}") from None
+            images.append(torch.from_numpy(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()))
+            labels.append(idx)
+    if not images:
+        raise AmcError(f"image folder {root} contains no images")
+    return ImageSet(torch.stack(images), torch.tensor(labels), classes)
+
+
+def synthetic_images(n: int, num_classes: int = 10, size: int = 32, seed: int = 0) -> ImageSet:
+    """Learnable synthetic images: each class is a smooth random colour pattern plus per-image noise.
+
+    The class patterns depend only on ``num_classes`` and ``size`` (so train and test share them);
+    ``seed`` draws the images.
+    """
+    pattern_gen = torch.Generator().manual_seed(12345 + num_classes)
+    coarse = torch.rand(num_classes, 3, 4, 4, generator=pattern_gen)
+    patterns = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(num_classes, (n,), generator=gen)
+    noise = torch.randn(n, 3, size, size, generator=gen) * 0.25
+    shift = torch.randint(-3, 4, (n, 2), generator=gen)
+    imgs = patterns[labels] + noise
+    imgs = torch.stack([torch.roll(im, (int(s[0]), int(s[1])), dims=(1, 2)) for im, s in zip(imgs, shift)])
+    return ImageSet((imgs.clamp(0, 1) * 255).to(torch.uint8), labels, [f"class{i}" for i in range(num_classes)])
+
+
+def read_split(cfg: DataConfig, split: str) -> ImageSet:
+    """The raw ``train`` or ``test`` part of the configured dataset."""
+    if cfg.dataset in ("cifar10", "cifar100"):
+        return read_cifar(cfg.data_dir, split, 10 if cfg.dataset == "cifar10" else 100)
+    if cfg.dataset == "folder":
+        if not cfg.data_dir:
+            raise AmcError("dataset 'folder' needs --data-dir with train/ and test/ subfolders")
+        return read_image_folder(Path(cfg.data_dir) / split, cfg.image_size)
+    if cfg.dataset == "synthetic":
+        n = cfg.synthetic_size[0] if split == "train" else cfg.synthetic_size[1]
+        return synthetic_images(n, cfg.num_classes_hint, cfg.image_size, seed=0 if split == "train" else 1)
+    raise AmcError(f"unknown dataset '{cfg.dataset}' (choose cifar10, cifar100, folder or synthetic)")
+
+
+def split_indices(n: int, search_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic (train, search) index split of ``range(n)``; same seed -> same split."""
+    if not 0 <= search_size < n:
+        raise AmcError(f"search split of {search_size} images does not fit a training set of {n}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[search_size:].sort().values, perm[:search_size].sort().values
+
+
+def load_splits(cfg: DataConfig, splits: tuple[str, ...] = ("train", "search", "test")) -> dict[str, ImageSet]:
+    """The requested splits: ``train`` and ``search`` come from the training set, ``test`` from the test set."""
+    out: dict[str, ImageSet] = {}
+    if "train" in splits or "search" in splits:
+        full = read_split(cfg, "train")
+        train_idx, search_idx = split_indices(len(full), cfg.search_size, cfg.split_seed)
+        if "train" in splits:
+            out["train"] = full.subset(train_idx)
+        if "search" in splits:
+            out["search"] = full.subset(search_idx)
+    if "test" in splits:
+        out["test"] = read_split(cfg, "test")
+    return out
+
+
+# ---------------------------------------------------------------- batching
+def augment_cifar(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Standard CIFAR augmentation on a uint8 batch: 4-pixel zero-pad random crop and horizontal flip."""
+    n, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    dx = torch.randint(0, 9, (n,), generator=gen)
+    dy = torch.randint(0, 9, (n,), generator=gen)
+    cropped = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    flip = torch.rand(n, generator=gen) < 0.5
+    cropped[flip] = cropped[flip].flip(3)
+    return cropped
+
+
+def iterate_batches(data: ImageSet, batch_size: int, norm: Normalization, *, shuffle: bool = False,
+                    augment: bool = False, seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield normalised (images, labels) batches; shuffling and augmentation are seeded."""
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(data), generator=gen) if shuffle else torch.arange(len(data))
+    for start in range(0, len(data), batch_size):
+        idx = order[start:start + batch_size]
+        images = data.images[idx]
+        if augment:
+            images = augment_cifar(images, gen)
+        yield norm(images), data.labels[idx]

@@ -1,0 +1,415 @@
+"""Structure discovery: which channels of a CNN must be pruned together.
+
+The model is traced with ``torch.fx`` and an example input; every tensor with a channel dimension
+(dim 1) gets a *layout*: the list of channel spaces it is made of (one space normally, several after
+``torch.cat``; each channel may span ``mult`` features after flattening). Layers that only act per
+channel (BatchNorm, activations, pooling, depthwise convs, spatial slicing) pass the layout through;
+residual additions merge the spaces of their operands (union-find); a conv or linear with
+``groups=1`` consumes its input layout and produces a fresh space.
+
+A :class:`ChannelGroup` is one merged space that some conv/linear produces: its producers'
+output channels, its followers' channels (BatchNorm, depthwise conv) and its consumers' input
+channels are removed together. A group is *prunable* unless something it touches cannot be
+sliced (the model's input or output, an op the analysis does not know, channel padding such as the
+option-A shortcut of CIFAR ResNets, grouped convs, a module called twice) or the user pinned it;
+the reason is recorded instead of raising.
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .errors import AmcError
+
+PER_CHANNEL_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish,
+                       nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Mish, nn.Dropout, nn.Dropout2d, nn.Identity,
+                       nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+PER_CHANNEL_FUNCTIONS = {"relu", "relu_", "relu6", "leaky_relu", "elu", "gelu", "silu", "hardswish",
+                         "hardsigmoid", "sigmoid", "tanh", "mish", "dropout", "dropout2d", "contiguous",
+                         "clone", "detach", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
+                         "adaptive_max_pool2d", "clamp", "hardtanh", "float", "to"}
+ARITHMETIC = {"add", "add_", "iadd", "sub", "sub_", "isub", "mul", "mul_", "imul", "truediv", "div", "div_"}
+REDUCTIONS = {"mean", "sum", "amax", "max", "amin", "min"}
+RESHAPES = {"flatten", "view", "reshape"}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """``length`` channels of channel space ``space``; each channel spans ``mult`` consecutive features."""
+
+    space: int
+    length: int
+    mult: int = 1
+
+
+Layout = tuple[Segment, ...]
+
+
+@dataclass
+class Layer:
+    """A conv, linear or BatchNorm module as it is called in the traced forward pass.
+
+    ``kind``: ``conv`` (groups=1), ``depthwise`` (groups = in = out channels), ``grouped`` (other
+    groups, never sliced), ``linear`` or ``bn``. ``out_hw``: output spatial size (1, 1 for linear).
+    """
+
+    name: str
+    module: nn.Module
+    kind: str
+    in_layout: Layout
+    out_layout: Layout
+    out_hw: tuple[int, int] = (1, 1)
+
+
+@dataclass
+class ChannelGroup:
+    """Channels that are pruned together; ``index`` is its position in forward order."""
+
+    index: int
+    name: str
+    channels: int
+    space: int
+    producers: list[str] = field(default_factory=list)
+    followers: list[str] = field(default_factory=list)
+    consumers: list[str] = field(default_factory=list)
+    reason: str | None = None  # why it is not prunable; None when it is
+
+    @property
+    def prunable(self) -> bool:
+        return self.reason is None
+
+
+class _Spaces:
+    """Union-find over channel spaces, with a 'not prunable' reason per space."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.length: list[int] = []
+        self.reason: dict[int, str] = {}
+
+    def new(self, length: int, reason: str | None = None) -> int:
+        self.parent.append(len(self.parent))
+        self.length.append(length)
+        if reason:
+            self.reason[len(self.parent) - 1] = reason
+        return len(self.parent) - 1
+
+    def find(self, s: int) -> int:
+        while self.parent[s] != s:
+            self.parent[s] = self.parent[self.parent[s]]
+            s = self.parent[s]
+        return s
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        self.parent[rb] = ra
+        if rb in self.reason and ra not in self.reason:
+            self.reason[ra] = self.reason[rb]
+
+    def block(self, s: int, reason: str) -> None:
+        self.reason.setdefault(self.find(s), reason)
+
+    def why(self, s: int) -> str | None:
+        return self.reason.get(self.find(s))
+
+
+def _name_of(node: fx.Node) -> str:
+    t = node.target
+    if isinstance(t, str):
+        return t.split(".")[-1] if node.op == "call_module" else t
+    return getattr(t, "__name__", str(t)).lstrip("_")
+
+
+def _shape(node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+class PruningGraph:
+    """Layers and channel groups of a model, found by tracing it on an input of ``input_shape`` (C, H, W).
+
+    Arguments:
+        model: the network (not modified; traced in eval mode on the CPU).
+        input_shape: one example's shape, e.g. ``(3, 32, 32)``.
+        exclude: glob patterns of module names whose groups must not be pruned; a pattern that
+            matches no conv/linear/BN module is an error.
+    """
+
+    def __init__(self, model: nn.Module, input_shape: Sequence[int], exclude: Sequence[str] = ()):
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.spaces = _Spaces()
+        self.layers: list[Layer] = []
+        self._layouts: dict[fx.Node, Layout] = {}
+        self._calls: dict[str, int] = {}
+        self.fixed_params = 0
+        self._trace(model)
+        self.groups = self._collect_groups()
+        self._apply_exclusions(exclude)
+        self.layer_by_name = {layer.name: layer for layer in self.layers}
+
+    # ------------------------------------------------------------ tracing
+    def _trace(self, model: nn.Module) -> None:
+        was_training = model.training
+        model.eval()
+        try:
+            gm = fx.symbolic_trace(model)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise AmcError(f"cannot trace {type(model).__name__} with torch.fx: {first}") from None
+        finally:
+            model.train(was_training)
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            try:
+                gm.eval()
+                ShapeProp(gm).propagate(torch.zeros(1, *self.input_shape, device=device))
+            except Exception as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise AmcError(f"model does not run on input shape {self.input_shape}: {first}") from None
+        self.modules = dict(model.named_modules())
+        counted = set()
+        for node in gm.graph.nodes:
+            self._visit(node, gm)
+            if node.op == "call_module":
+                counted.add(node.target)
+        self.fixed_params = sum(p.numel() for n, m in model.named_modules() if not isinstance(
+            m, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)) for p in m.parameters(recurse=False))
+        for name, count in self._calls.items():
+            if count > 1:
+                for layer in self.layers:
+                    if layer.name == name:
+                        for seg in layer.in_layout + layer.out_layout:
+                            self.spaces.block(seg.space, f"module '{name}' is called {count} times")
+
+    def _fresh(self, node: fx.Node, reason: str | None = None) -> Layout | None:
+        shape = _shape(node)
+        if shape is None or len(shape) < 2:
+            return None
+        return (Segment(self.spaces.new(shape[1], reason), shape[1]),)
+
+    def _unsupported(self, node: fx.Node, inputs: list[Layout], why: str) -> Layout | None:
+        for layout in inputs:
+            for seg in layout:
+                self.spaces.block(seg.space, why)
+        return self._fresh(node, why)
+
+    def _tensor_args(self, node: fx.Node) -> list[fx.Node]:
+        found: list[fx.Node] = []
+        fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) if n in self._layouts else None)
+        return found
+
+    def _visit(self, node: fx.Node, gm: fx.GraphModule) -> None:
+        if node.op == "placeholder":
+            self._layouts[node] = self._fresh(node, "model input") or ()
+            return
+        if node.op == "output":
+            for arg in self._tensor_args(node):
+                for seg in self._layouts[arg]:
+                    self.spaces.block(seg.space, "model output")
+            return
+        if node.op == "get_attr":
+            return  # constants/parameters: handled by the op that uses them
+        args = self._tensor_args(node)
+        inputs = [self._layouts[a] for a in args]
+        shape = _shape(node)
+        if shape is None:  # a size, a tuple of tensors, ...
+            if node.op == "call_function" and node.target is getattr and args:
+                return
+            if inputs and any(n.op in ("call_module", "call_function", "call_method") for n in node.users):
+                self._unsupported(node, inputs, f"output feeds non-tensor op '{_name_of(node)}'")
+            return
+        if node.op == "call_module":
+            layout = self._visit_module(node, gm.get_submodule(node.target), inputs)
+        else:
+            layout = self._visit_function(node, args, inputs, shape)
+        if layout is not None:
+            self._layouts[node] = layout
+
+    def _visit_module(self, node: fx.Node, module: nn.Module, inputs: list[Layout]) -> Layout | None:
+        name = str(node.target)
+        self._calls[name] = self._calls.get(name, 0) + 1
+        x = inputs[0] if inputs else ()
+        shape = _shape(node)
+        if isinstance(module, nn.Conv2d):
+            hw = (shape[2], shape[3])
+            if module.groups == 1:
+                out = self._fresh(node)
+                self.layers.append(Layer(name, module, "conv", x, out, hw))
+                return out
+            if module.groups == module.in_channels == module.out_channels:
+                self.layers.append(Layer(name, module, "depthwise", x, x, hw))
+                return x
+            out = self._unsupported(node, inputs, f"grouped conv '{name}' (groups={module.groups})")
+            self.layers.append(Layer(name, module, "grouped", x, out, hw))
+            return out
+        if isinstance(module, nn.Linear):
+            in_shape = _shape(node.args[0])
+            if len(shape) != 2 or _features(x) != module.in_features or in_shape is None or len(in_shape) != 2:
+                return self._unsupported(node, inputs, f"linear '{name}' applied to a {len(shape)}-d tensor")
+            out = self._fresh(node)
+            self.layers.append(Layer(name, module, "linear", x, out))
+            return out
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            self.layers.append(Layer(name, module, "bn", x, x))
+            return x
+        if isinstance(module, PER_CHANNEL_MODULES) and _channels_kept(node):
+            if isinstance(module, nn.PReLU) and module.num_parameters > 1:
+                return self._unsupported(node, inputs, f"per-channel PReLU '{name}'")
+            return x
+        if isinstance(module, nn.Flatten):
+            return self._reshape(node, inputs)
+        return self._unsupported(node, inputs, f"unsupported module '{name}' ({type(module).__name__})")
+
+    def _visit_function(self, node: fx.Node, args: list[fx.Node], inputs: list[Layout],
+                        shape: tuple[int, ...]) -> Layout | None:
+        fname = _name_of(node)
+        if not inputs:
+            return self._fresh(node)
+        if fname in PER_CHANNEL_FUNCTIONS and len(inputs) == 1 and _channels_kept(node):
+            return inputs[0]
+        if fname in ARITHMETIC:
+            return self._arithmetic(node, args, inputs)
+        if fname == "cat":
+            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+            if dim in (1, -3) and len(shape) == 4 or dim in (1, -1) and len(shape) == 2:
+                return tuple(seg for layout in inputs for seg in layout)
+            return self._unsupported(node, inputs, f"concatenation along dim {dim}")
+        if fname in RESHAPES:
+            return self._reshape(node, inputs)
+        if fname in REDUCTIONS and len(inputs) == 1:
+            in_shape = _shape(args[0])
+            if in_shape and len(in_shape) == 4 and shape[:2] == in_shape[:2]:
+                return inputs[0]
+        if fname == "getitem" and len(inputs) == 1:
+            index = node.args[1]
+            whole = isinstance(index, tuple) and len(index) >= 2 and index[1] == slice(None)
+            if whole and _channels_kept(node):
+                return inputs[0]
+            return self._unsupported(node, inputs, "indexing along the channel dimension")
+        if fname == "pad" and len(inputs) == 1:
+            pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
+            if _channels_kept(node):
+                return inputs[0]
+            return self._unsupported(node, inputs, f"channel zero-padding (pad={tuple(pad)}, e.g. option-A shortcut)")
+        return self._unsupported(node, inputs, f"unsupported op '{fname}'")
+
+    def _arithmetic(self, node: fx.Node, args: list[fx.Node], inputs: list[Layout]) -> Layout | None:
+        shapes = [_shape(a) for a in args]
+        out_shape = _shape(node)
+        if len(inputs) == 1:
+            other = [a for a in node.args if isinstance(a, fx.Node) and a not in self._layouts]
+            if other or shapes[0] != out_shape:
+                return self._unsupported(node, inputs, f"'{_name_of(node)}' with a broadcast tensor")
+            return inputs[0]
+        a, b = inputs[0], inputs[1]
+        if len(inputs) > 2 or shapes[0] != shapes[1] or [s.length for s in a] != [s.length for s in b]:
+            return self._unsupported(node, inputs, f"'{_name_of(node)}' of differently laid out tensors")
+        for sa, sb in zip(a, b):
+            self.spaces.union(sa.space, sb.space)
+        return a
+
+    def _reshape(self, node: fx.Node, inputs: list[Layout]) -> Layout | None:
+        in_shape = _shape(node.args[0])
+        out_shape = _shape(node)
+        if in_shape and out_shape and len(out_shape) == 2 and out_shape[0] == in_shape[0] \
+                and out_shape[1] == math.prod(in_shape[1:]):
+            mult = math.prod(in_shape[2:])
+            return tuple(Segment(s.space, s.length, s.mult * mult) for s in inputs[0])
+        if in_shape == out_shape:
+            return inputs[0]
+        return self._unsupported(node, inputs, f"reshape from {in_shape} to {out_shape}")
+
+    # ------------------------------------------------------------ groups
+    def _collect_groups(self) -> list[ChannelGroup]:
+        by_root: dict[int, ChannelGroup] = {}
+        order: list[int] = []
+        for layer in self.layers:
+            if layer.kind in ("conv", "linear", "grouped"):
+                for seg in layer.out_layout:
+                    root = self.spaces.find(seg.space)
+                    if root not in by_root:
+                        by_root[root] = ChannelGroup(0, layer.name, self.spaces.length[root], root)
+                        order.append(root)
+                    by_root[root].producers.append(layer.name)
+        for layer in self.layers:
+            roles = {"conv": "consumers", "linear": "consumers", "grouped": "consumers",
+                     "depthwise": "followers", "bn": "followers"}
+            for seg in layer.in_layout:
+                group = by_root.get(self.spaces.find(seg.space))
+                if group is not None and layer.name not in getattr(group, roles[layer.kind]):
+                    getattr(group, roles[layer.kind]).append(layer.name)
+        groups = [by_root[r] for r in order]
+        for i, g in enumerate(groups):
+            g.index = i
+            g.reason = self.spaces.why(g.space)
+            if g.reason is None and not g.consumers:
+                g.reason = "no consumer layer"
+        return groups
+
+    def _apply_exclusions(self, patterns: Sequence[str]) -> None:
+        names = [layer.name for layer in self.layers]
+        for pattern in patterns:
+            if not fnmatch.filter(names, pattern):
+                raise AmcError(f"exclude pattern '{pattern}' matches no conv, linear or BatchNorm layer "
+                               f"(layer names look like: {', '.join(names[:4])})")
+            for g in self.groups:
+                if g.prunable and any(fnmatch.fnmatch(n, pattern) for n in g.producers + g.followers):
+                    g.reason = f"excluded by pattern '{pattern}'"
+
+    # ------------------------------------------------------------ queries
+    @property
+    def prunable_groups(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.prunable]
+
+    def root(self, segment: Segment) -> int:
+        return self.spaces.find(segment.space)
+
+    def group_of_space(self) -> dict[int, ChannelGroup]:
+        return {g.space: g for g in self.groups}
+
+    def layout_width(self, layout: Layout, counts: dict[int, int] | None = None) -> int:
+        """Features of a tensor with this layout when group ``space -> kept channels`` as in ``counts``."""
+        counts = counts or {}
+        return sum(counts.get(self.root(s), s.length) * s.mult for s in layout)
+
+    def layout_indices(self, layout: Layout, kept: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Indices of the features that survive when group ``space`` keeps channel indices ``kept[space]``."""
+        parts, offset = [], 0
+        for seg in layout:
+            idx = kept.get(self.root(seg), torch.arange(seg.length))
+            feat = (idx.view(-1, 1) * seg.mult + torch.arange(seg.mult)).flatten()
+            parts.append(feat + offset)
+            offset += seg.length * seg.mult
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+    def feature_to_channel(self, layout: Layout, space: int) -> list[tuple[int, int, int]]:
+        """(offset, length, mult) of each segment of ``layout`` that belongs to group ``space``."""
+        out, offset = [], 0
+        for seg in layout:
+            if self.root(seg) == space:
+                out.append((offset, seg.length, seg.mult))
+            offset += seg.length * seg.mult
+        return out
+
+
+def _features(layout: Layout) -> int:
+    return sum(s.length * s.mult for s in layout)
+
+
+def _channels_kept(node: fx.Node) -> bool:
+    """True when the op keeps dim 1 as it is (same size as its first tensor input)."""
+    out = _shape(node)
+    first = next((a for a in node.args if isinstance(a, fx.Node)), None)
+    inp = _shape(first) if first is not None else None
+    return out is not None and inp is not None and len(out) >= 2 and len(inp) >= 2 and out[1] == inp[1] \
+        and out[0] == inp[0] and len(out) == len(inp)
+
+

@@ -1,0 +1,111 @@
+"""Channel importance criteria: which channels of a group to keep.
+
+Each criterion returns one score per channel of a :class:`~amc.graph.ChannelGroup` (higher =
+more important = kept first). Magnitude criteria follow AMC: a channel is ranked by the size of the
+weights that *consume* it (its consumers' input slices). Activation criteria use statistics of the
+consumers' inputs gathered on calibration batches (:class:`~amc.features.FeatureStats`).
+Criteria are small interchangeable classes, looked up by name with :func:`criterion_by_name`.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from .errors import AmcError
+from .graph import ChannelGroup, PruningGraph
+
+
+def _per_channel(graph: PruningGraph, group: ChannelGroup, per_feature: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Sum per-input-feature values of each consumer onto the group's channels."""
+    total = torch.zeros(group.channels, dtype=torch.float64)
+    for name in group.consumers:
+        values = per_feature[name].double()
+        for offset, length, mult in graph.feature_to_channel(graph.layer_by_name[name].in_layout, group.space):
+            total += values[offset:offset + length * mult].view(length, mult).sum(1)
+    return total
+
+
+class Criterion:
+    """Base class: ``scores(graph, group, modules, stats)`` -> tensor of ``group.channels`` scores."""
+
+    name = "base"
+    needs_activations = False
+
+    def scores(self, graph: PruningGraph, group: ChannelGroup, modules: Mapping[str, nn.Module],
+               stats=None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class L1Magnitude(Criterion):
+    """Sum of absolute consumer weights reading each channel (AMC's default)."""
+
+    name = "l1"
+    power = 1
+
+    def scores(self, graph, group, modules, stats=None):
+        per_feature = {}
+        for name in group.consumers:
+            w = modules[name].weight.detach()
+            dims = [d for d in range(w.dim()) if d != 1]
+            per_feature[name] = w.abs().pow(self.power).sum(dim=dims)
+        return _per_channel(graph, group, per_feature)
+
+
+class L2Magnitude(L1Magnitude):
+    """Euclidean norm of the consumer weights reading each channel."""
+
+    name = "l2"
+    power = 2
+
+    def scores(self, graph, group, modules, stats=None):
+        return super().scores(graph, group, modules, stats).sqrt()
+
+
+class APoZ(Criterion):
+    """1 - Average Percentage of Zeros of each channel's activation (Hu et al. 2016)."""
+
+    name = "apoz"
+    needs_activations = True
+
+    def scores(self, graph, group, modules, stats=None):
+        return _per_channel(graph, group, {n: 1 - stats.zero_fraction[n] for n in group.consumers})
+
+
+class MeanActivation(Criterion):
+    """Mean absolute activation of each channel on the calibration batches."""
+
+    name = "mean_activation"
+    needs_activations = True
+
+    def scores(self, graph, group, modules, stats=None):
+        return _per_channel(graph, group, {n: stats.mean_abs[n] for n in group.consumers})
+
+
+class RandomImportance(Criterion):
+    """Random scores, seeded per group (a baseline)."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def scores(self, graph, group, modules, stats=None):
+        gen = torch.Generator().manual_seed(self.seed * 100003 + group.index)
+        return torch.rand(group.channels, generator=gen, dtype=torch.float64)
+
+
+CRITERIA = {c.name: c for c in (L1Magnitude, L2Magnitude, APoZ, MeanActivation, RandomImportance)}
+
+
+def criterion_by_name(name: str, seed: int = 0) -> Criterion:
+    if name not in CRITERIA:
+        raise AmcError(f"unknown criterion '{name}' (choose {', '.join(CRITERIA)})")
+    return CRITERIA[name](seed) if name == "random" else CRITERIA[name]()
+
+
+def top_channels(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """Sorted indices of the ``keep`` highest scores (ties broken by lower index)."""
+    order = torch.argsort(-scores, stable=True)[:keep]
+    return order.sort().values
