@@ -50,7 +50,7 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
     """Load ``state_dict`` into ``model`` strictly; a mismatch is an :class:`AmcError` listing the keys."""
     state_dict = strip_prefix(state_dict)
     own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
+    missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state_dict if k not in own]
     shapes = [f"{k} {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
               for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape]
@@ -61,7 +61,7 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
                 more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
                 parts.append(f"{label}: {', '.join(keys[:5])}{more}")
         raise AmcError(f"{source} does not match the model; " + "; ".join(parts))
-    model.load_state_dict(state_dict)
+    model.load_state_dict(state_dict, strict=False)  # only BatchNorm counters may be absent (checked above)
     return model
 
 

@@ -65,6 +65,7 @@ class Layer:
     in_layout: Layout
     out_layout: Layout
     out_hw: tuple[int, int] = (1, 1)
+    in_hw: tuple[int, int] = (1, 1)
 
 
 @dataclass
@@ -239,16 +240,17 @@ class PruningGraph:
         x = inputs[0] if inputs else ()
         shape = _shape(node)
         if isinstance(module, nn.Conv2d):
-            hw = (shape[2], shape[3])
+            hw, in_shape = (shape[2], shape[3]), _shape(node.args[0])
+            in_hw = (in_shape[2], in_shape[3])
             if module.groups == 1:
                 out = self._fresh(node)
-                self.layers.append(Layer(name, module, "conv", x, out, hw))
+                self.layers.append(Layer(name, module, "conv", x, out, hw, in_hw))
                 return out
             if module.groups == module.in_channels == module.out_channels:
-                self.layers.append(Layer(name, module, "depthwise", x, x, hw))
+                self.layers.append(Layer(name, module, "depthwise", x, x, hw, in_hw))
                 return x
             out = self._unsupported(node, inputs, f"grouped conv '{name}' (groups={module.groups})")
-            self.layers.append(Layer(name, module, "grouped", x, out, hw))
+            self.layers.append(Layer(name, module, "grouped", x, out, hw, in_hw))
             return out
         if isinstance(module, nn.Linear):
             in_shape = _shape(node.args[0])

@@ -1,0 +1,113 @@
+"""Plots and ``summary.md`` of a search run, regenerated from its files alone (``amc report``)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from amc.errors import AmcError  # noqa: E402
+
+
+def load_run(run: str | Path) -> tuple[pd.DataFrame, dict, dict]:
+    run = Path(run)
+    csv = run / "episodes.csv"
+    if not csv.is_file():
+        raise AmcError(f"{run} is not a search run folder (no episodes.csv)")
+    episodes = pd.read_csv(csv)
+    baselines = json.loads((run / "baselines.json").read_text()) if (run / "baselines.json").is_file() else {}
+    best = json.loads((run / "best_policy.json").read_text()) if (run / "best_policy.json").is_file() else {}
+    return episodes, baselines, best
+
+
+def plot_reward(episodes: pd.DataFrame, baselines: dict, path: Path) -> Path:
+    """Per-episode reward and best-so-far, with the uniform policy and the best random episode so far."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.scatter(episodes.episode, episodes.reward, s=6, alpha=0.4, label="episode reward")
+    ax.plot(episodes.episode, episodes.reward.cummax(), color="C0", label="best so far")
+    random_phase = episodes.phase.isin(["warm-up", "random"])
+    if random_phase.any():
+        rnd = episodes.reward.where(random_phase).cummax()
+        ax.plot(episodes.episode, rnd, color="C2", ls="--", label="best random (warm-up) so far")
+    if "uniform" in baselines:
+        ax.axhline(baselines["uniform"]["reward"], color="C3", ls=":", label="uniform policy")
+    ax.set_xlabel("episode")
+    ax.set_ylabel("reward")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_best_ratios(best: dict, path: Path) -> Path:
+    """Executed preserve ratio of each group in the best policy."""
+    groups = best.get("groups", [])
+    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(groups)), 4))
+    ax.bar(range(len(groups)), [g["executed_ratio"] for g in groups])
+    ax.set_xticks(range(len(groups)), [g["name"] for g in groups], rotation=90, fontsize=6)
+    ax.set_ylabel("preserve ratio (kept / original channels)")
+    ax.set_ylim(0, 1.05)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy_vs_flops(episodes: pd.DataFrame, baselines: dict, path: Path) -> Path:
+    """Search-split top-1 against measured FLOPs ratio for every episode."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for phase, part in episodes.groupby("phase"):
+        ax.scatter(part.flops_ratio, part.top1, s=8, alpha=0.5, label=phase)
+    if "uniform" in baselines:
+        u = baselines["uniform"]
+        ax.scatter([u["flops_ratio"]], [u["top1"]], marker="*", s=120, color="C3", label="uniform")
+    ax.set_xlabel("FLOPs ratio (measured on the compact model)")
+    ax.set_ylabel("search-split top-1")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def summary_text(episodes: pd.DataFrame, baselines: dict, best: dict) -> str:
+    metrics = best.get("metrics", {})
+    timing_cols = [c for c in episodes.columns if c.endswith("_s") and c != "elapsed_s"]
+    medians = episodes[timing_cols].median()
+    lines = ["# AMC search summary", "",
+             f"- episodes: {len(episodes)} ({', '.join(f'{k}: {v}' for k, v in episodes.phase.value_counts().items())})",
+             f"- best reward: {metrics.get('reward', float('nan')):.4f} at episode {metrics.get('episode')} "
+             f"(search-split top-1 {metrics.get('top1', float('nan')):.4f}, FLOPs ratio "
+             f"{metrics.get('flops_ratio', float('nan')):.4f}, params ratio {metrics.get('params_ratio', float('nan')):.4f})"]
+    if "uniform" in baselines:
+        u = baselines["uniform"]
+        lines.append(f"- uniform policy (ratio {u['ratio']:.4f}): reward {u['reward']:.4f}, top-1 {u['top1']:.4f}, "
+                     f"FLOPs ratio {u['flops_ratio']:.4f}")
+    rnd = episodes[episodes.phase.isin(["warm-up", "random"])]
+    if len(rnd):
+        lines.append(f"- best random episode ({len(rnd)} random episodes): reward {rnd.reward.max():.4f}")
+    lines.append(f"- FLOPs ratio over all episodes: max {episodes.flops_ratio.max():.4f} (target "
+                 f"{metrics.get('target')}, resource {metrics.get('resource')})")
+    lines += ["", "Median seconds per episode: " + ", ".join(f"{c[:-2]} {v:.3f}" for c, v in medians.items()),
+              f"Wall time: {episodes.elapsed_s.max():.0f} s", "",
+              "Files: episodes.csv, best_policy.json, top_policies/, reward.png, best_policy_ratios.png, "
+              "accuracy_vs_flops.png. Apply the policy with `amc apply best_policy.json --checkpoint ... --out ...`."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run: str | Path) -> list[Path]:
+    """Regenerate the plots and ``summary.md`` of ``run``; returns the written paths."""
+    run = Path(run)
+    episodes, baselines, best = load_run(run)
+    paths = [plot_reward(episodes, baselines, run / "reward.png"),
+             plot_accuracy_vs_flops(episodes, baselines, run / "accuracy_vs_flops.png")]
+    if best:
+        paths.append(plot_best_ratios(best, run / "best_policy_ratios.png"))
+    (run / "summary.md").write_text(summary_text(episodes, baselines, best))
+    paths.append(run / "summary.md")
+    return paths
