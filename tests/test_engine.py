@@ -1,0 +1,222 @@
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from amc.compaction import channel_manifest, compact, masked, resize_to_manifest
+from amc.errors import AmcError
+from amc.flops import flops_of, measure, params_of
+from amc.graph import PruningGraph
+from amc.importance import criterion_by_name
+from amc.models import ModelSpec, build_model
+from amc.policy import Policy, make_policy, uniform_for_flops
+from amc.pruner import ChannelPruner, PruneSettings
+from amc.ratios import allowed_counts, channels_for_ratio, largest_count_at_most
+from amc.reconstruction import least_squares_weight
+
+from .conftest import randomize_bn
+
+
+class ConcatNet(nn.Module):
+    """Branches joined by torch.cat, a grouped conv, and a flatten into a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 3, padding=1)
+        self.b = nn.Conv2d(3, 4, 1)
+        self.bn = nn.BatchNorm2d(10)
+        self.c = nn.Conv2d(10, 8, 3, stride=2, padding=1)
+        self.g = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.fc = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1)))
+        y = self.g(torch.relu(self.c(y)))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 4), 1))
+
+
+def _random_kept(graph, frac=0.5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    kept = {}
+    for g in graph.prunable_groups:
+        n = max(1, int(g.channels * frac))
+        kept[g.space] = torch.randperm(g.channels, generator=gen)[:n].sort().values
+    return kept
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenet_v2", "vgg16", "concat", "mobilenet_v1"])
+def test_compact_matches_masked_original(name):
+    torch.manual_seed(0)
+    model = ConcatNet() if name == "concat" else build_model(ModelSpec(name))
+    randomize_bn(model)
+    graph = PruningGraph(model, (3, 32, 32) if name != "concat" else (3, 8, 8))
+    kept = _random_kept(graph)
+    small = compact(model, graph, kept)
+    x = torch.randn(4, *graph.input_shape)
+    with torch.no_grad():
+        ref, out = masked(model, graph, kept)(x), small(x)
+    assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4)
+    assert measure(small, graph.input_shape)["flops"] == flops_of(graph, {s: len(i) for s, i in kept.items()})
+    assert measure(small, graph.input_shape)["params"] == params_of(graph, {s: len(i) for s, i in kept.items()})
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    # the original is untouched
+    assert measure(model, graph.input_shape)["flops"] == flops_of(graph)
+
+
+def test_concat_graph_offsets_and_reasons():
+    graph = PruningGraph(ConcatNet(), (3, 8, 8))
+    by_name = {g.name: g for g in graph.groups}
+    assert by_name["a"].prunable and by_name["b"].prunable
+    assert by_name["a"].followers == ["bn"] and by_name["b"].followers == ["bn"]
+    assert "grouped conv" in by_name["c"].reason and by_name["fc"].reason == "model output"
+
+
+def test_option_a_resnet_groups():
+    graph = PruningGraph(build_model(ModelSpec("resnet56")), (3, 32, 32))
+    prunable = graph.prunable_groups
+    assert len(prunable) == 27 and all(g.name.endswith("conv1") and g.name != "conv1" for g in prunable)
+    assert all(g.consumers == [g.name.replace("conv1", "conv2")] for g in prunable)
+    stream = [g for g in graph.groups if not g.prunable and g.name != "linear"]
+    assert stream and all("zero-padding" in g.reason for g in stream)
+
+
+def test_plain_net_first_input_and_classifier_never_pruned():
+    graph = PruningGraph(build_model(ModelSpec("plain20")), (3, 32, 32))
+    assert graph.groups[-1].reason == "model output"
+    assert len(graph.prunable_groups) == 19
+
+
+def test_exclude_patterns():
+    model = build_model(ModelSpec("plain20"))
+    graph = PruningGraph(model, (3, 32, 32), exclude=["layer3.*"])
+    assert all(not g.prunable for g in graph.groups if g.name.startswith("layer3"))
+    with pytest.raises(AmcError, match="matches no conv"):
+        PruningGraph(model, (3, 32, 32), exclude=["layr3.*"])
+
+
+def test_untraceable_model_is_reported():
+    class Dynamic(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return self.c(x) if x.sum() > 0 else x
+
+    with pytest.raises(AmcError, match="cannot trace"):
+        PruningGraph(Dynamic(), (3, 8, 8))
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenet_v2", "vgg16"])
+def test_flops_match_torch_flop_counter(name):
+    model = build_model(ModelSpec(name)).eval()
+    graph = PruningGraph(model, (3, 32, 32))
+    ratio, counts = uniform_for_flops(graph, 0.5)
+    small = compact(model, graph, ChannelPruner(model, graph, PruneSettings(reconstruct=False, bn_batches=0)).kept_indices(counts))
+    for m, c in ((model, None), (small, counts)):
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            m(torch.zeros(1, 3, 32, 32))
+        assert counter.get_total_flops() == 2 * flops_of(graph, c)
+
+
+def test_uniform_policy_meets_target_and_unreachable_target():
+    graph = PruningGraph(build_model(ModelSpec("resnet56")), (3, 32, 32))
+    ratio, counts = uniform_for_flops(graph, 0.5)
+    achieved = flops_of(graph, counts) / flops_of(graph)
+    assert 0.49 <= achieved <= 0.5
+    with pytest.raises(AmcError, match="unreachable"):
+        uniform_for_flops(graph, 0.05, lbound=0.2)
+
+
+def test_ratio_rounding():
+    assert allowed_counts(20, 8, 0.2) == [8, 16, 20]
+    assert channels_for_ratio(0.5, 64, 8) == 32 and channels_for_ratio(0.01, 64, 8, 0.2) == 16
+    assert channels_for_ratio(0.0, 3) == 1  # never zero channels
+    assert largest_count_at_most(30, 64, 8) == 24
+
+
+def test_criteria_rank_by_consumer_weights():
+    model = build_model(ModelSpec("plain20"))
+    graph = PruningGraph(model, (3, 32, 32))
+    g = graph.prunable_groups[1]
+    consumer = dict(model.named_modules())[g.consumers[0]]
+    with torch.no_grad():
+        consumer.weight.mul_(0.01)
+        consumer.weight[:, 5] = 10.0
+    modules = dict(model.named_modules())
+    for name in ("l1", "l2"):
+        assert criterion_by_name(name).scores(graph, g, modules).argmax() == 5
+    with pytest.raises(AmcError, match="unknown criterion"):
+        criterion_by_name("l3")
+
+
+def test_activation_criteria_use_calibration():
+    torch.manual_seed(0)
+    model = randomize_bn(build_model(ModelSpec("resnet8")))
+    graph = PruningGraph(model, (3, 32, 32))
+    pruner = ChannelPruner(model, graph, PruneSettings(criterion="apoz", reconstruct=False, bn_batches=0),
+                           torch.randn(20, 3, 32, 32))
+    scores = pruner.scores(graph.prunable_groups[0].space)
+    assert scores.shape == (graph.prunable_groups[0].channels,) and (scores >= 0).all() and (scores <= 1).all()
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (1, 1, 0), (3, 2, 1), (5, 1, 2)])
+def test_least_squares_recovers_conv_exactly_when_possible(kernel, stride, padding):
+    """If the outputs do not depend on the dropped channels, reconstruction must reproduce them."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 4, kernel, stride, padding, bias=False)
+    with torch.no_grad():
+        conv.weight[:, 3:] = 0  # channels 3..5 unused
+    x = torch.randn(16, 6, 10, 10)
+    cols = nn.functional.unfold(x, kernel, padding=padding, stride=stride).transpose(1, 2).reshape(-1, 6 * kernel * kernel)
+    gram = cols.T.double() @ cols.double()
+    perturbed = conv.weight.detach() + 0.3 * torch.randn_like(conv.weight)
+    with torch.no_grad():
+        perturbed[:, 3:] = 0
+    w = least_squares_weight(conv.weight, gram, torch.tensor([0, 1, 2]), ridge=1e-10)
+    ref = conv(x)
+    out = nn.functional.conv2d(x[:, :3], w, stride=stride, padding=padding)
+    assert torch.allclose(out, ref, atol=1e-3)
+
+
+def test_reconstruction_improves_pruned_outputs():
+    torch.manual_seed(0)
+    model = randomize_bn(build_model(ModelSpec("resnet8")))
+    graph = PruningGraph(model, (3, 32, 32))
+    calib = torch.randn(64, 3, 32, 32)
+    counts = {g.space: g.channels // 2 for g in graph.prunable_groups}
+    x = torch.randn(32, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        plain = ChannelPruner(model, graph, PruneSettings(reconstruct=False, bn_batches=0), calib).prune(counts).model(x)
+        rec = ChannelPruner(model, graph, PruneSettings(reconstruct=True, bn_batches=0, points_per_image=0), calib)
+        recon = rec.prune(counts).model(x)
+    assert (recon - ref).pow(2).mean() < 0.5 * (plain - ref).pow(2).mean()
+
+
+def test_manifest_rebuilds_compact_model():
+    model = randomize_bn(build_model(ModelSpec("mobilenet_v2")))
+    graph = PruningGraph(model, (3, 32, 32))
+    small = compact(model, graph, _random_kept(graph, 0.3))
+    rebuilt = resize_to_manifest(build_model(ModelSpec("mobilenet_v2")), channel_manifest(small))
+    rebuilt.load_state_dict(small.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), small(x))
+
+
+def test_policy_roundtrip_and_mismatch(tmp_path):
+    model = build_model(ModelSpec("resnet20"))
+    graph = PruningGraph(model, (3, 32, 32))
+    ratio, counts = uniform_for_flops(graph, 0.6)
+    policy = make_policy(graph, ModelSpec("resnet20").to_dict(), counts, {s: ratio for s in counts}, seed=3)
+    policy.save(tmp_path / "p.json")
+    again = Policy.load(tmp_path / "p.json")
+    assert again.to_dict() == policy.to_dict()
+    assert again.counts(graph) == counts
+    other = PruningGraph(build_model(ModelSpec("resnet32")), (3, 32, 32))
+    with pytest.raises(AmcError, match="does not match the model: .*layer1.3.conv1: missing from the policy"):
+        again.counts(other)
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(AmcError, match="not valid JSON"):
+        Policy.load(tmp_path / "bad.json")

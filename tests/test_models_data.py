@@ -1,0 +1,127 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from amc.checkpoint import load_weights, read_checkpoint
+from amc.data import DataConfig, load_splits, read_cifar, read_image_folder, split_indices, augment_cifar
+from amc.errors import AmcError
+from amc.models import ModelSpec, build_model, open_model, save_model
+
+
+@pytest.mark.parametrize("name,params", [("resnet20", 269_722), ("resnet56", 853_018), ("resnet32", 464_154),
+                                         ("resnet44", 658_586), ("resnet110", 1_727_962), ("plain20", 269_722)])
+def test_cifar_resnet_parameter_counts(name, params):
+    model = build_model(ModelSpec(name))
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name,shape", [("vgg16", 32), ("mobilenet_v1", 32), ("mobilenet_v2", 32),
+                                        ("mobilenet_v2_imagenet", 96)])
+def test_other_models_run(name, shape):
+    model = build_model(ModelSpec(name, 7)).eval()
+    assert model(torch.zeros(1, 3, shape, shape)).shape == (1, 7)
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(AmcError, match="unknown model 'resnet21'"):
+        build_model(ModelSpec("resnet21"))
+
+
+def test_user_factory_and_checkpoint_roundtrip(tmp_path):
+    spec = ModelSpec("amc.models.resnet_cifar:CifarResNet", 10, (3, 32, 32), {"depth": 8})
+    model = build_model(spec)
+    save_model(tmp_path / "m.pt", model, spec)
+    again, spec2, _ = open_model(None, tmp_path / "m.pt")
+    assert spec2 == spec
+    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_with_module_prefix_and_mismatch(tmp_path):
+    model = build_model(ModelSpec("resnet8"))
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "a.th")
+    loaded, _, _ = open_model("resnet8", tmp_path / "a.th")
+    assert torch.equal(loaded.conv1.weight, model.conv1.weight)
+    with pytest.raises(AmcError, match="missing: .*layer1.1"):
+        open_model("resnet14", tmp_path / "a.th")
+
+
+def test_corrupt_and_missing_checkpoints(tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(AmcError, match="cannot read checkpoint"):
+        read_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(AmcError, match="checkpoint not found"):
+        read_checkpoint(tmp_path / "nope.pt")
+
+
+def test_shared_checkpoints_load_without_key_mismatch(shared):
+    for name, file in (("resnet20", "resnet20-12fca82f.th"), ("resnet56", "resnet56-4bfd9763.th")):
+        state = torch.load(shared / "models" / file, map_location="cpu", weights_only=True)["state_dict"]
+        model = build_model(ModelSpec(name))
+        load_weights(model, state)
+        assert torch.equal(model.linear.weight, state["module.linear.weight"])
+
+
+def _write_cifar(root, n_train=30, n_test=10):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(1, 6):
+        data = rng.integers(0, 256, (n_train // 5, 3072), dtype=np.uint8)
+        with open(folder / f"data_batch_{i}", "wb") as f:
+            pickle.dump({"data": data, "labels": [int(x) for x in rng.integers(0, 10, n_train // 5)]}, f)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8), "labels": list(range(n_test))}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    return folder
+
+
+def test_cifar_reader_standard_layout(tmp_path):
+    folder = _write_cifar(tmp_path)
+    raw = pickle.load(open(folder / "data_batch_1", "rb"))
+    train = read_cifar(str(tmp_path), "train")  # parent folder works too
+    assert train.images.shape == (30, 3, 32, 32) and train.images.dtype == torch.uint8
+    # CIFAR rows are R plane, then G, then B (each 32x32, row major)
+    assert torch.equal(train.images[0, 1].flatten(), torch.from_numpy(raw["data"][0][1024:2048]))
+    assert read_cifar(str(folder), "test").labels.tolist() == list(range(10))
+    with pytest.raises(AmcError, match="not a cifar-10-batches-py folder"):
+        read_cifar(str(tmp_path / "cifar-10-batches-py" / ".."/ ".."), "train")
+
+
+def test_image_folder_reader(tmp_path):
+    from PIL import Image
+
+    for cls, colour in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            Image.new("RGB", (20, 20), colour).save(tmp_path / cls / f"{i}.png")
+    data = read_image_folder(tmp_path, 8)
+    assert data.classes == ["cat", "dog"] and data.images.shape == (4, 3, 8, 8)
+    assert data.images[0, 0].min() == 255 and data.images[2, 2].min() == 255
+    assert data.labels.tolist() == [0, 0, 1, 1]
+
+
+def test_split_is_deterministic_and_disjoint():
+    a_train, a_search = split_indices(100, 20, seed=3)
+    b_train, b_search = split_indices(100, 20, seed=3)
+    assert torch.equal(a_search, b_search) and torch.equal(a_train, b_train)
+    assert len(set(a_train.tolist()) | set(a_search.tolist())) == 100 and len(a_search) == 20
+    assert not torch.equal(split_indices(100, 20, seed=4)[1], a_search)
+    with pytest.raises(AmcError):
+        split_indices(10, 10, 0)
+
+
+def test_load_splits_missing_dir_is_clear():
+    with pytest.raises(AmcError, match="data directory not found"):
+        load_splits(DataConfig("cifar10", "/nonexistent/dir"))
+
+
+def test_augmentation_keeps_shape_and_content():
+    imgs = torch.randint(0, 255, (8, 3, 32, 32), dtype=torch.uint8)
+    out = augment_cifar(imgs, torch.Generator().manual_seed(0))
+    assert out.shape == imgs.shape and out.dtype == torch.uint8
+    assert not torch.equal(out, imgs)
