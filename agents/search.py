@@ -28,6 +28,7 @@ from amc.errors import AmcError
 from amc.policy import make_policy, uniform_for_flops
 from amc.pruner import PruneSettings
 
+from .noise import TruncatedNormalNoise
 from .ddpg import AgentConfig, agent_state, load_agent_state, make_agent, rng_state, set_rng_state
 
 
@@ -134,7 +135,7 @@ class SearchRun:
             model, spec, _ = open_model(cfg.model, cfg.checkpoint, cfg.num_classes,
                                         tuple(cfg.input_shape) if cfg.input_shape else None)
             data_cfg = DataConfig(cfg.dataset, cfg.data_dir, cfg.search_size, cfg.split_seed, Normalization(),
-                                  num_classes_hint=spec.num_classes)
+                                  image_size=spec.input_shape[-1], num_classes_hint=spec.num_classes)
             task = load_task(model, spec, data_cfg, cfg.prune_settings(), cfg.exclude, cfg.device, cfg.channels_last)
         self.task = task
         self.env = ChannelPruningEnv(task, cfg.target, cfg.resource, cfg.mode, cfg.lbound, cfg.rbound, cfg.round_to,
@@ -247,7 +248,7 @@ class SearchRun:
         self._episode_start = time.perf_counter()
         try:
             if remaining > 0 and self.agent is not None:
-                self.agent.learn(total_timesteps=remaining * len(self.groups) + 1, callback=_EpisodeCallback(self),
+                self.agent.learn(total_timesteps=remaining * len(self.groups), callback=_EpisodeCallback(self),
                                  reset_num_timesteps=False)
             elif remaining > 0:
                 self._random_search()
@@ -304,13 +305,20 @@ class _EpisodeCallback(BaseCallback):
         self.run = run
 
     def _on_rollout_start(self) -> None:
+        # SB3 also calls ActionNoise.reset() when learn() starts, so a resumed run would count one
+        # episode too many: pin the noise's episode count to the run's own before each episode
+        noise = getattr(self.model, "action_noise", None)
+        if isinstance(noise, TruncatedNormalNoise):
+            noise.episodes = self.run.episode
         self.run.save_checkpoint()
 
     def _on_step(self) -> bool:
+        # never stop early: learn() ends after exactly the remaining episodes, once their transitions are
+        # stored and trained on, so that the final checkpoint equals the state an uninterrupted run has
         for done, info in zip(self.locals["dones"], self.locals["infos"]):
             if done:
                 self.run.record_episode(info)
-        return self.run.episode < self.run.cfg.episodes
+        return True
 
 
 # ---------------------------------------------------------------- CLI
