@@ -42,7 +42,7 @@ def export_onnx(model: torch.nn.Module, input_shape, path: str) -> str:
 
 def apply_policy(args: argparse.Namespace) -> int:
     policy = Policy.load(args.policy)
-    if not args.model and not args.checkpoint:
+    if not args.model:
         args.model = policy.model["name"]
     if not args.input_shape:
         args.input_shape = policy.input_shape

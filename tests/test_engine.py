@@ -44,7 +44,7 @@ def _random_kept(graph, frac=0.5, seed=0):
     return kept
 
 
-@pytest.mark.parametrize("name", ["resnet20", "mobilenet_v2", "vgg16", "concat", "mobilenet_v1"])
+@pytest.mark.parametrize("name", ["resnet20", "resnet56", "mobilenet_v2", "vgg16", "concat", "mobilenet_v1"])
 def test_compact_matches_masked_original(name):
     torch.manual_seed(0)
     model = ConcatNet() if name == "concat" else build_model(ModelSpec(name))

@@ -125,3 +125,14 @@ def test_augmentation_keeps_shape_and_content():
     out = augment_cifar(imgs, torch.Generator().manual_seed(0))
     assert out.shape == imgs.shape and out.dtype == torch.uint8
     assert not torch.equal(out, imgs)
+
+
+def test_torchvision_models_by_name():
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        with pytest.raises(AmcError, match="needs torchvision"):
+            build_model(ModelSpec("torchvision:resnet18"))
+        pytest.skip("torchvision does not import here (optional path)")
+    model = build_model(ModelSpec("torchvision:resnet18", 10, (3, 64, 64)))
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 10)
