@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -24,8 +25,11 @@ def export_onnx(model: torch.nn.Module, input_shape, path: str) -> str:
     """Export to ONNX; when onnxruntime is installed, check its outputs against torch's."""
     x = torch.randn(2, *input_shape)
     try:
-        torch.onnx.export(model, (x,), path, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's constant-folding notes
+            # dynamo=False: the TorchScript exporter needs only the onnx package (no onnxscript)
+            torch.onnx.export(model, (x,), path, input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
     except Exception as exc:
         raise AmcError(f"ONNX export failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     try:

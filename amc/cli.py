@@ -133,7 +133,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         rows.append({"#": g.index, "group": g.name, "channels": g.channels,
                      "flops": dense_f - flops_of(graph, {g.space: 0}), "params": dense_p - params_of(graph, {g.space: 0}),
                      "coupling": f"{len(g.producers)}p/{len(g.followers)}f/{len(g.consumers)}c",
-                     "status": "prunable" if g.prunable else f"fixed: {g.reason}"})
+                     "status": (f"prunable, {g.blocks} equal blocks" if g.blocks > 1 else "prunable")
+                     if g.prunable else f"fixed: {g.reason}"})
     if args.json:
         print(json.dumps(rows))
         return 0

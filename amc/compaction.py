@@ -32,6 +32,38 @@ def _set(module: nn.Module, name: str, value: torch.Tensor | None, parameter: bo
         setattr(module, name, value)
 
 
+def grouped_weight(weight: torch.Tensor, in_idx: torch.Tensor, out_idx: torch.Tensor, groups: int) -> torch.Tensor:
+    """Weight (len(out_idx), len(in_idx) / groups, kh, kw) of a grouped conv keeping these channels.
+
+    ``in_idx``/``out_idx``: sorted kept input/output channels, the same number in every conv group.
+    """
+    per_group_in = weight.shape[1]
+    per_group_out = weight.shape[0] // groups
+    local = in_idx.to(weight.device).view(groups, -1) - (torch.arange(groups, device=weight.device) * per_group_in).view(-1, 1)
+    out_idx = out_idx.to(weight.device)
+    rows = weight.detach().index_select(0, out_idx)
+    cols = local[out_idx // per_group_out]  # each kept output channel reads its own group's kept inputs
+    return rows.gather(1, cols[:, :, None, None].expand(-1, -1, *rows.shape[2:])).clone()
+
+
+def check_kept(graph: PruningGraph, kept: Mapping[int, torch.Tensor]) -> None:
+    """Raise :class:`AmcError` if ``kept`` (space -> channel indices) cannot be executed on ``graph``."""
+    groups = graph.group_of_space()
+    for space, idx in kept.items():
+        g = groups[space]
+        if len(idx) == 0:
+            raise AmcError(f"group '{g.name}' would keep zero channels")
+        if len(idx) < g.channels and not g.prunable:
+            raise AmcError(f"group '{g.name}' is not prunable: {g.reason}")
+        if len(idx) != len(set(idx.tolist())) or min(idx.tolist()) < 0 or max(idx.tolist()) >= g.channels:
+            raise AmcError(f"group '{g.name}' keeps invalid channel indices (need distinct values in [0, {g.channels}))")
+        if g.blocks > 1:
+            per_block = torch.bincount(idx // (g.channels // g.blocks), minlength=g.blocks)
+            if (per_block != per_block[0]).any():
+                raise AmcError(f"group '{g.name}' feeds a grouped conv: it must keep the same number of channels "
+                               f"in each of its {g.blocks} blocks (got {per_block.tolist()})")
+
+
 def slice_layers(graph: PruningGraph, modules: Mapping[str, nn.Module], kept: Mapping[int, torch.Tensor]) -> None:
     """Slice, in place, the modules of ``modules`` (name -> module) that ``graph`` lists as layers.
 
@@ -51,6 +83,10 @@ def slice_layers(graph: PruningGraph, modules: Mapping[str, nn.Module], kept: Ma
             _set(m, "weight", _take(m.weight, 0, in_idx))
             _set(m, "bias", _take(m.bias, 0, in_idx))
             m.in_channels = m.out_channels = m.groups = len(in_idx)
+        elif layer.kind == "grouped":
+            _set(m, "weight", grouped_weight(m.weight, in_idx, out_idx, m.groups))
+            _set(m, "bias", _take(m.bias, 0, out_idx))
+            m.in_channels, m.out_channels = len(in_idx), len(out_idx)
         elif layer.kind in ("conv", "linear"):
             _set(m, "weight", _take(_take(m.weight, 0, out_idx), 1, in_idx))
             _set(m, "bias", _take(m.bias, 0, out_idx))
@@ -63,16 +99,11 @@ def slice_layers(graph: PruningGraph, modules: Mapping[str, nn.Module], kept: Ma
 def compact(model: nn.Module, graph: PruningGraph, kept: Mapping[int, torch.Tensor]) -> nn.Module:
     """A physically smaller copy of ``model`` keeping channel indices ``kept[group.space]``.
 
-    Raises :class:`AmcError` when a group that is not prunable would lose channels or a group
-    would keep none.
+    Raises :class:`AmcError` when a group that is not prunable would lose channels, a group would
+    keep none, or a group that feeds a grouped conv would keep unequal counts per block.
     """
-    groups = graph.group_of_space()
-    for space, idx in kept.items():
-        g = groups[space]
-        if len(idx) == 0:
-            raise AmcError(f"group '{g.name}' would keep zero channels")
-        if len(idx) < g.channels and not g.prunable:
-            raise AmcError(f"group '{g.name}' is not prunable: {g.reason}")
+    check_kept(graph, kept)
+    kept = {space: idx.sort().values for space, idx in kept.items()}
     small = copy.deepcopy(model)
     slice_layers(graph, dict(small.named_modules()), kept)
     return small
@@ -87,13 +118,19 @@ def masked(model: nn.Module, graph: PruningGraph, kept: Mapping[int, torch.Tenso
     ref = copy.deepcopy(model)
     modules = dict(ref.named_modules())
     for layer in graph.layers:
-        if layer.kind not in ("conv", "linear"):
+        if layer.kind not in ("conv", "linear", "grouped"):
             continue
         keep = graph.layout_indices(layer.in_layout, kept)
         mask = torch.zeros(graph.layout_width(layer.in_layout), dtype=torch.bool)
         mask[keep] = True
+        weight = modules[layer.name].weight
+        if layer.kind == "grouped":  # row o reads the inputs of conv group o // (out / groups)
+            groups = layer.module.groups
+            mask = mask.view(groups, -1).repeat_interleave(weight.shape[0] // groups, dim=0)
+        else:
+            mask = mask.expand(weight.shape[0], -1)
         with torch.no_grad():
-            modules[layer.name].weight[:, ~mask] = 0
+            weight[~mask] = 0
     return ref
 
 

@@ -9,15 +9,21 @@ residual additions merge the spaces of their operands (union-find); a conv or li
 
 A :class:`ChannelGroup` is one merged space that some conv/linear produces: its producers'
 output channels, its followers' channels (BatchNorm, depthwise conv) and its consumers' input
-channels are removed together. A group is *prunable* unless something it touches cannot be
-sliced (the model's input or output, an op the analysis does not know, channel padding such as the
-option-A shortcut of CIFAR ResNets, grouped convs, a module called twice) or the user pinned it;
-the reason is recorded instead of raising.
+channels are removed together. A grouped conv (1 < groups < channels) constrains the spaces it reads
+and writes to keep the same number of channels in each of its ``groups`` equal contiguous blocks
+(:attr:`ChannelGroup.blocks`). ``chunk(n)`` along channels folds a space into ``n`` copies of one
+smaller space (every piece keeps the same channels); ``split`` with explicit sizes cuts spaces at
+the piece boundaries (groups named ``producer[start:end]``) and pins them, the sizes being constants.
+A group is *prunable* unless something it touches cannot be sliced (the model's input or output,
+an op the analysis does not know, channel padding such as the option-A shortcut of CIFAR ResNets, a
+module called twice) or the user pinned it; the reason is recorded instead of raising.
 """
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -37,6 +43,7 @@ PER_CHANNEL_FUNCTIONS = {"relu", "relu_", "relu6", "leaky_relu", "elu", "gelu", 
 ARITHMETIC = {"add", "add_", "iadd", "sub", "sub_", "isub", "mul", "mul_", "imul", "truediv", "div", "div_"}
 REDUCTIONS = {"mean", "sum", "amax", "max", "amin", "min"}
 RESHAPES = {"flatten", "view", "reshape"}
+SPLITS = {"split", "chunk", "split_with_sizes", "tensor_split"}
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,7 @@ class Layer:
     """A conv, linear or BatchNorm module as it is called in the traced forward pass.
 
     ``kind``: ``conv`` (groups=1), ``depthwise`` (groups = in = out channels), ``grouped`` (other
-    groups, never sliced), ``linear`` or ``bn``. ``out_hw``: output spatial size (1, 1 for linear).
+    groups; sliced keeping equal counts per conv group), ``linear`` or ``bn``. ``out_hw``: output spatial size (1, 1 for linear).
     """
 
     name: str
@@ -70,7 +77,11 @@ class Layer:
 
 @dataclass
 class ChannelGroup:
-    """Channels that are pruned together; ``index`` is its position in forward order."""
+    """Channels that are pruned together; ``index`` is its position in forward order.
+
+    ``blocks``: the channels form this many equal contiguous blocks (grouped convs) and every block
+    must keep the same number of channels, so kept counts are multiples of ``blocks``.
+    """
 
     index: int
     name: str
@@ -80,10 +91,15 @@ class ChannelGroup:
     followers: list[str] = field(default_factory=list)
     consumers: list[str] = field(default_factory=list)
     reason: str | None = None  # why it is not prunable; None when it is
+    blocks: int = 1
 
     @property
     def prunable(self) -> bool:
         return self.reason is None
+
+    def count_step(self, round_to: int = 1) -> int:
+        """Kept channel counts are multiples of this: ``round_to`` combined with :attr:`blocks`."""
+        return math.lcm(round_to, self.blocks)
 
 
 class _Spaces:
@@ -93,6 +109,7 @@ class _Spaces:
         self.parent: list[int] = []
         self.length: list[int] = []
         self.reason: dict[int, str] = {}
+        self.blocks: dict[int, int] = {}
 
     def new(self, length: int, reason: str | None = None) -> int:
         self.parent.append(len(self.parent))
@@ -114,6 +131,16 @@ class _Spaces:
         self.parent[rb] = ra
         if rb in self.reason and ra not in self.reason:
             self.reason[ra] = self.reason[rb]
+        self.constrain(ra, self.blocks.pop(rb, 1))
+
+    def constrain(self, s: int, blocks: int) -> None:
+        """Space ``s`` must keep equal channel counts in ``blocks`` equal contiguous blocks."""
+        root = self.find(s)
+        self.blocks[root] = math.lcm(self.blocks.get(root, 1), blocks)
+
+    def members(self, s: int) -> list[int]:
+        root = self.find(s)
+        return [i for i in range(len(self.parent)) if self.find(i) == root]
 
     def block(self, s: int, reason: str) -> None:
         self.reason.setdefault(self.find(s), reason)
@@ -149,6 +176,7 @@ class PruningGraph:
         self.spaces = _Spaces()
         self.layers: list[Layer] = []
         self._layouts: dict[fx.Node, Layout] = {}
+        self._pieces: dict[fx.Node, list[Layout]] = {}  # outputs of split/chunk along channels
         self._calls: dict[str, int] = {}
         self.fixed_params = 0
         self._trace(model)
@@ -218,9 +246,17 @@ class PruningGraph:
             return
         if node.op == "get_attr":
             return  # constants/parameters: handled by the op that uses them
+        if node.target is operator.getitem and node.args[0] in self._pieces:
+            self._layouts[node] = self._pieces[node.args[0]][node.args[1]]
+            return
         args = self._tensor_args(node)
         inputs = [self._layouts[a] for a in args]
         shape = _shape(node)
+        if shape is None and _name_of(node) in SPLITS and len(inputs) == 1:
+            pieces = self._split(node, args[0], inputs[0])
+            if pieces is not None:
+                self._pieces[node] = pieces
+                return
         if shape is None:  # a size, a tuple of tensors, ...
             if node.op == "call_function" and node.target is getattr and args:
                 return
@@ -249,9 +285,7 @@ class PruningGraph:
             if module.groups == module.in_channels == module.out_channels:
                 self.layers.append(Layer(name, module, "depthwise", x, x, hw, in_hw))
                 return x
-            out = self._unsupported(node, inputs, f"grouped conv '{name}' (groups={module.groups})")
-            self.layers.append(Layer(name, module, "grouped", x, out, hw, in_hw))
-            return out
+            return self._grouped_conv(node, name, module, x, hw, in_hw)
         if isinstance(module, nn.Linear):
             in_shape = _shape(node.args[0])
             if len(shape) != 2 or _features(x) != module.in_features or in_shape is None or len(in_shape) != 2:
@@ -269,6 +303,86 @@ class PruningGraph:
         if isinstance(module, nn.Flatten):
             return self._reshape(node, inputs)
         return self._unsupported(node, inputs, f"unsupported module '{name}' ({type(module).__name__})")
+
+    def _grouped_conv(self, node: fx.Node, name: str, module: nn.Conv2d, x: Layout, hw, in_hw) -> Layout | None:
+        """A conv with 1 < groups: input and output spaces keep equal counts per conv group."""
+        g = module.groups
+        if len(x) != 1 or x[0].mult != 1:
+            out = self._unsupported(node, [x], f"grouped conv '{name}' reads a concatenation")
+        elif module.in_channels == g or module.out_channels == g:
+            out = self._unsupported(node, [x], f"grouped conv '{name}' has one channel per group")
+        else:
+            out = self._fresh(node)
+            self.spaces.constrain(x[0].space, g)
+            self.spaces.constrain(out[0].space, g)
+        self.layers.append(Layer(name, module, "grouped", x, out, hw, in_hw))
+        return out
+
+    def _split(self, node: fx.Node, arg: fx.Node, layout: Layout) -> list[Layout] | None:
+        """Layouts of the pieces of a split/chunk along channels, or None if it is not one we can follow.
+
+        ``chunk(n)`` sizes its pieces from the tensor, so the chunked space is folded into one space
+        of ``length / n`` channels repeated ``n`` times (channel i is kept or removed in every piece).
+        Explicit split sizes are constants of the model's code: the pieces are cut into their own
+        spaces (so consumers still slice the right features) but cannot lose channels.
+        """
+        metas, in_shape = node.meta.get("tensor_meta"), _shape(arg)
+        if not isinstance(metas, (tuple, list)) or in_shape is None or \
+                any(u.target is not operator.getitem for u in node.users):
+            return None
+        shapes = [tuple(getattr(m, "shape", ())) for m in metas]
+        if any(len(s) != len(in_shape) or s[0] != in_shape[0] or s[2:] != in_shape[2:] for s in shapes) \
+                or sum(s[1] for s in shapes) != in_shape[1]:
+            return None
+        sizes = [s[1] for s in shapes]
+        if _name_of(node) == "chunk":
+            seg = layout[0]
+            if len(layout) != 1 or seg.mult != 1 or len(set(sizes)) != 1 or len(self.spaces.members(seg.space)) > 1 \
+                    or self.spaces.blocks.get(seg.space, 1) > 1:
+                return None
+            piece = Segment(self.spaces.new(sizes[0], self.spaces.reason.get(seg.space)), sizes[0])
+            return [(piece,)] * len(sizes) if self._replace_space(seg.space, (piece,) * len(sizes)) else None
+        for seg in layout:
+            self.spaces.block(seg.space, f"'{_name_of(node)}' with sizes fixed in the model's code")
+        bounds = list(itertools.accumulate(sizes))
+        while True:  # cut spaces until every piece boundary falls between segments
+            offset, cut = 0, None
+            for seg in layout:
+                inner = [b for b in bounds if offset < b < offset + seg.length * seg.mult]
+                if inner:
+                    cut = (seg, inner[0] - offset)
+                    break
+                offset += seg.length * seg.mult
+            if cut is None:
+                break
+            seg, at = cut
+            if seg.mult != 1 or len(self.spaces.members(seg.space)) > 1:
+                return None
+            reason = self.spaces.reason.get(seg.space)
+            self._replace_space(seg.space, (Segment(self.spaces.new(at, reason), at),
+                                            Segment(self.spaces.new(seg.length - at, reason), seg.length - at)))
+            layout = self._layouts[arg]
+        pieces, current, offset = [], [], 0
+        for seg in layout:
+            current.append(seg)
+            offset += seg.length * seg.mult
+            if offset in bounds:
+                pieces.append(tuple(current))
+                current = []
+        return pieces
+
+    def _replace_space(self, space: int, segments: Layout) -> bool:
+        """Replace every segment of ``space`` (a space with no merged partners) by ``segments`` in all layouts so far."""
+        def rewrite(lay: Layout) -> Layout:
+            return tuple(part for seg in lay for part in (segments if seg.space == space else (seg,)))
+
+        for node, lay in self._layouts.items():
+            self._layouts[node] = rewrite(lay)
+        for node, pieces in self._pieces.items():
+            self._pieces[node] = [rewrite(p) for p in pieces]
+        for layer in self.layers:
+            layer.in_layout, layer.out_layout = rewrite(layer.in_layout), rewrite(layer.out_layout)
+        return True
 
     def _visit_function(self, node: fx.Node, args: list[fx.Node], inputs: list[Layout],
                         shape: tuple[int, ...]) -> Layout | None:
@@ -335,12 +449,18 @@ class PruningGraph:
         order: list[int] = []
         for layer in self.layers:
             if layer.kind in ("conv", "linear", "grouped"):
+                offset = 0
+                several = len({self.spaces.find(seg.space) for seg in layer.out_layout}) > 1
                 for seg in layer.out_layout:
                     root = self.spaces.find(seg.space)
                     if root not in by_root:
-                        by_root[root] = ChannelGroup(0, layer.name, self.spaces.length[root], root)
+                        name = f"{layer.name}[{offset}:{offset + seg.length}]" if several else layer.name
+                        by_root[root] = ChannelGroup(0, name, self.spaces.length[root], root,
+                                                     blocks=self.spaces.blocks.get(root, 1))
                         order.append(root)
-                    by_root[root].producers.append(layer.name)
+                    if layer.name not in by_root[root].producers:
+                        by_root[root].producers.append(layer.name)
+                    offset += seg.length
         for layer in self.layers:
             roles = {"conv": "consumers", "linear": "consumers", "grouped": "consumers",
                      "depthwise": "followers", "bn": "followers"}
@@ -352,6 +472,8 @@ class PruningGraph:
         for i, g in enumerate(groups):
             g.index = i
             g.reason = self.spaces.why(g.space)
+            if g.reason is None and g.channels % g.blocks:
+                g.reason = f"grouped convs need {g.blocks} equal blocks of its {g.channels} channels"
             if g.reason is None and not g.consumers:
                 g.reason = "no consumer layer"
         return groups

@@ -48,8 +48,9 @@ class L1Magnitude(Criterion):
         per_feature = {}
         for name in group.consumers:
             w = modules[name].weight.detach()
-            dims = [d for d in range(w.dim()) if d != 1]
-            per_feature[name] = w.abs().pow(self.power).sum(dim=dims)
+            groups = getattr(modules[name], "groups", 1)  # a grouped conv's row o reads group o // (out / groups)
+            w = w.abs().pow(self.power).reshape(groups, w.shape[0] // groups, w.shape[1], -1)
+            per_feature[name] = w.sum(dim=(1, 3)).flatten()
         return _per_channel(graph, group, per_feature)
 
 
@@ -105,7 +106,15 @@ def criterion_by_name(name: str, seed: int = 0) -> Criterion:
     return CRITERIA[name](seed) if name == "random" else CRITERIA[name]()
 
 
-def top_channels(scores: torch.Tensor, keep: int) -> torch.Tensor:
-    """Sorted indices of the ``keep`` highest scores (ties broken by lower index)."""
-    order = torch.argsort(-scores, stable=True)[:keep]
-    return order.sort().values
+def top_channels(scores: torch.Tensor, keep: int, blocks: int = 1) -> torch.Tensor:
+    """Sorted indices of the ``keep`` highest scores (ties broken by lower index).
+
+    With ``blocks`` > 1 the scores form that many equal contiguous blocks and each keeps
+    ``keep / blocks`` channels (a group feeding a grouped conv).
+    """
+    if keep % blocks:
+        raise AmcError(f"cannot keep {keep} channels evenly in {blocks} blocks")
+    per_block = scores.view(blocks, -1)
+    order = torch.argsort(-per_block, dim=1, stable=True)[:, :keep // blocks]
+    offsets = torch.arange(blocks).view(-1, 1) * per_block.shape[1]
+    return (order + offsets).flatten().sort().values

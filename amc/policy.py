@@ -110,9 +110,13 @@ def check_fingerprint(policy: Policy, graph: PruningGraph) -> None:
     if problems:
         more = f" (+{len(problems) - 4} more)" if len(problems) > 4 else ""
         raise AmcError("policy does not match the model: " + "; ".join(problems[:4]) + more)
+    blocks = {g.name: g.blocks for g in graph.prunable_groups}
     for d in policy.groups:
         if not 1 <= d.kept_channels <= ours[d.name]:
             raise AmcError(f"policy keeps {d.kept_channels} of {ours[d.name]} channels in group '{d.name}'")
+        if d.kept_channels % blocks[d.name]:
+            raise AmcError(f"policy keeps {d.kept_channels} channels in group '{d.name}', which feeds a grouped conv "
+                           f"and must keep a multiple of {blocks[d.name]}")
 
 
 def provenance(seed: int | None = None, command: str | None = None) -> dict:
@@ -142,7 +146,7 @@ def make_policy(graph: PruningGraph, model_spec: dict, counts: Mapping[int, int]
 
 def uniform_counts(graph: PruningGraph, ratio: float, round_to: int = 1, lbound: float = 0.0) -> dict[int, int]:
     """The same preserve ratio for every prunable group."""
-    return {g.space: channels_for_ratio(ratio, g.channels, round_to, lbound) for g in graph.prunable_groups}
+    return {g.space: channels_for_ratio(ratio, g.channels, g.count_step(round_to), lbound) for g in graph.prunable_groups}
 
 
 def uniform_for_flops(graph: PruningGraph, target: float, round_to: int = 1, lbound: float = 0.0,

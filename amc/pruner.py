@@ -104,7 +104,7 @@ class ChannelPruner:
         kept = {}
         for space, n in counts.items():
             if n < groups[space].channels:
-                kept[space] = top_channels(self.scores(space), n)
+                kept[space] = top_channels(self.scores(space), n, groups[space].blocks)
         return kept
 
     def prune(self, counts: Mapping[int, int], kept: Mapping[int, torch.Tensor] | None = None) -> PruneResult:
@@ -133,6 +133,7 @@ class ChannelPruner:
             layer = self.graph.layer_by_name[name]
             in_idx = self.graph.layout_indices(layer.in_layout, kept)
             out_idx = self.graph.layout_indices(layer.out_layout, kept)
-            weight = least_squares_weight(dense[name].weight, stats.gram[name], in_idx, self.settings.ridge)
+            groups = layer.module.groups if layer.kind == "grouped" else 1
+            weight = least_squares_weight(dense[name].weight, stats.gram[name], in_idx, self.settings.ridge, groups)
             with torch.no_grad():
                 modules[name].weight.copy_(weight.index_select(0, out_idx.to(weight.device)))

@@ -19,19 +19,26 @@ def kept_columns(in_features_kept: torch.Tensor, kernel_positions: int) -> torch
 
 
 def least_squares_weight(weight: torch.Tensor, gram: torch.Tensor, kept_in: torch.Tensor,
-                         ridge: float = 1e-4) -> torch.Tensor:
-    """Reconstructed weight (out, len(kept_in), *kernel) for a conv/linear ``weight`` (out, in, *kernel).
+                         ridge: float = 1e-4, groups: int = 1) -> torch.Tensor:
+    """Reconstructed weight (out, len(kept_in) / groups, *kernel) for a conv/linear ``weight`` (out, in / groups, *kernel).
 
-    ``gram``: (in * kernel positions) squared Gram matrix of the dense input samples.
-    ``kept_in``: indices of the kept input features (channels).
+    ``gram``: (in * kernel positions) squared Gram matrix of the dense input samples (all input
+    channels, channel-major im2col columns). ``kept_in``: sorted indices of the kept input features
+    (channels), the same number in each of the ``groups`` conv groups. Each conv group is solved on
+    its own: its output channels only read its own inputs.
     """
-    out_c, in_c = weight.shape[:2]
+    out_c, in_per_group = weight.shape[:2]
     k = weight[0, 0].numel()
-    w2d = weight.detach().reshape(out_c, in_c * k).double()
-    cols = kept_columns(kept_in, k)
+    rows = out_c // groups
+    kept_per_group = kept_in.view(groups, -1)
     g = gram.double()
-    a = g[cols][:, cols]
-    a = a + ridge * a.diagonal().mean().clamp_min(1e-12) * torch.eye(len(cols), dtype=a.dtype)
-    b = g[cols] @ w2d.T
-    solved = torch.linalg.solve(a, b).T
-    return solved.to(weight.dtype).reshape(out_c, len(kept_in), *weight.shape[2:])
+    solved = []
+    for j in range(groups):
+        dense_cols = kept_columns(torch.arange(j * in_per_group, (j + 1) * in_per_group), k)
+        cols = kept_columns(kept_per_group[j], k)
+        w2d = weight[j * rows:(j + 1) * rows].detach().reshape(rows, in_per_group * k).double().cpu()
+        a = g[cols][:, cols]
+        a = a + ridge * a.diagonal().mean().clamp_min(1e-12) * torch.eye(len(cols), dtype=a.dtype)
+        b = g[cols][:, dense_cols] @ w2d.T
+        solved.append(torch.linalg.solve(a, b).T)
+    return torch.cat(solved).to(weight.dtype).reshape(out_c, kept_per_group.shape[1], *weight.shape[2:])

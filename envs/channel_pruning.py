@@ -87,7 +87,7 @@ class ChannelPruningEnv(gym.Env):
         self._cost = flops_of if resource == "flops" else params_of
         self.dense_cost = self._cost(self.graph)
         self.dense_flops, self.dense_params = flops_of(self.graph), params_of(self.graph)
-        self.min_counts = {g.space: allowed_counts(g.channels, round_to, lbound)[0] for g in self.groups}
+        self.min_counts = {g.space: allowed_counts(g.channels, g.count_step(round_to), lbound)[0] for g in self.groups}
         if mode == "constrained":
             floor = self._cost(self.graph, self.min_counts) / self.dense_cost
             if floor > target + 1e-12:
@@ -131,8 +131,8 @@ class ChannelPruningEnv(gym.Env):
     def max_count(self, t: int) -> int:
         """Largest channel count of group ``t`` that keeps the target reachable (constrained mode)."""
         g = self.groups[t]
-        counts = allowed_counts(g.channels, self.round_to, self.lbound)
-        upper = channels_for_ratio(self.rbound, g.channels, self.round_to, self.lbound)
+        counts = allowed_counts(g.channels, g.count_step(self.round_to), self.lbound)
+        upper = channels_for_ratio(self.rbound, g.channels, g.count_step(self.round_to), self.lbound)
         counts = [c for c in counts if c <= upper]
         if self.mode != "constrained":
             return counts[-1]
@@ -159,7 +159,7 @@ class ChannelPruningEnv(gym.Env):
         g = self.groups[self._t]
         requested = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 0.0, 1.0))
         ratio = min(max(requested, self.lbound), self.rbound)
-        count = min(channels_for_ratio(ratio, g.channels, self.round_to, self.lbound), self.max_count(self._t))
+        count = min(channels_for_ratio(ratio, g.channels, g.count_step(self.round_to), self.lbound), self.max_count(self._t))
         self._counts[g.space] = count
         self._requested[g.space] = requested
         info: dict[str, Any] = {"group": g.name, "requested_action": requested, "executed_action": count / g.channels}

@@ -7,7 +7,7 @@ from amc.compaction import channel_manifest, compact, masked, resize_to_manifest
 from amc.errors import AmcError
 from amc.flops import flops_of, measure, params_of
 from amc.graph import PruningGraph
-from amc.importance import criterion_by_name
+from amc.importance import criterion_by_name, top_channels
 from amc.models import ModelSpec, build_model
 from amc.policy import Policy, make_policy, uniform_for_flops
 from amc.pruner import ChannelPruner, PruneSettings
@@ -35,21 +35,62 @@ class ConcatNet(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 4), 1))
 
 
+class SplitNet(nn.Module):
+    """A conv output chunked in two (one half refined, CSP/ShuffleNet style) and a split re-ordered by cat."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.p = nn.Conv2d(4, 6, 3, padding=1)
+        self.c = nn.Conv2d(10, 8, 1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        p, q = torch.relu(self.bn(self.a(x))).chunk(2, 1)
+        first, second = torch.split(self.c(torch.cat([self.p(p), q], 1)), [3, 5], dim=1)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(torch.cat([second, first], 1), 1), 1))
+
+
+class GroupedNet(nn.Module):
+    """A ResNeXt-like block: grouped 3x3 conv between 1x1 convs, with a residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 12, 3, padding=1)
+        self.reduce = nn.Conv2d(12, 16, 1)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.grouped = nn.Conv2d(16, 24, 3, padding=1, groups=4)
+        self.bn2 = nn.BatchNorm2d(24)
+        self.expand = nn.Conv2d(24, 12, 1, groups=2)
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x):
+        s = torch.relu(self.stem(x))
+        y = self.expand(torch.relu(self.bn2(self.grouped(torch.relu(self.bn1(self.reduce(s)))))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(torch.relu(y + s), 1), 1))
+
+
+TEST_NETS = {"concat": ConcatNet, "split": SplitNet, "grouped": GroupedNet}
+
+
 def _random_kept(graph, frac=0.5, seed=0):
+    """Random kept channels per prunable group, the same number in each block (grouped convs)."""
     gen = torch.Generator().manual_seed(seed)
     kept = {}
     for g in graph.prunable_groups:
-        n = max(1, int(g.channels * frac))
-        kept[g.space] = torch.randperm(g.channels, generator=gen)[:n].sort().values
+        size = g.channels // g.blocks
+        n = max(1, int(size * frac))
+        kept[g.space] = torch.cat([b * size + torch.randperm(size, generator=gen)[:n] for b in range(g.blocks)]).sort().values
     return kept
 
 
-@pytest.mark.parametrize("name", ["resnet20", "resnet56", "mobilenet_v2", "vgg16", "concat", "mobilenet_v1"])
+@pytest.mark.parametrize("name", ["resnet20", "resnet56", "mobilenet_v2", "vgg16", "mobilenet_v1", *TEST_NETS])
 def test_compact_matches_masked_original(name):
     torch.manual_seed(0)
-    model = ConcatNet() if name == "concat" else build_model(ModelSpec(name))
+    model = TEST_NETS[name]() if name in TEST_NETS else build_model(ModelSpec(name))
     randomize_bn(model)
-    graph = PruningGraph(model, (3, 32, 32) if name != "concat" else (3, 8, 8))
+    graph = PruningGraph(model, (3, 32, 32) if name not in TEST_NETS else (3, 8, 8))
     kept = _random_kept(graph)
     small = compact(model, graph, kept)
     x = torch.randn(4, *graph.input_shape)
@@ -68,7 +109,45 @@ def test_concat_graph_offsets_and_reasons():
     by_name = {g.name: g for g in graph.groups}
     assert by_name["a"].prunable and by_name["b"].prunable
     assert by_name["a"].followers == ["bn"] and by_name["b"].followers == ["bn"]
-    assert "grouped conv" in by_name["c"].reason and by_name["fc"].reason == "model output"
+    assert by_name["c"].prunable and by_name["c"].blocks == 2 and by_name["c"].consumers == ["g"]
+    assert by_name["g"].blocks == 2 and by_name["fc"].reason == "model output"
+
+
+def test_chunk_and_split_pieces():
+    graph = PruningGraph(SplitNet(), (3, 8, 8))
+    by_name = {g.name: g for g in graph.groups}
+    a = by_name["a"]  # chunk(2): one 4-channel space read twice, kept channels identical in both halves
+    assert a.prunable and a.channels == 4 and a.consumers == ["p", "c"] and a.followers == ["bn"]
+    assert graph.layout_indices(graph.layer_by_name["a"].out_layout, {a.space: torch.tensor([1, 3])}).tolist() == [1, 3, 5, 7]
+    # explicit split sizes are constants: c's output is cut at 3 and pinned; fc reads [3:8] then [0:3]
+    assert [by_name[n].channels for n in ("c[0:3]", "c[3:8]")] == [3, 5]
+    assert all("sizes fixed" in by_name[n].reason for n in ("c[0:3]", "c[3:8]"))
+    fc = graph.layer_by_name["fc"]
+    assert [graph.root(s) for s in fc.in_layout] == [by_name["c[3:8]"].space, by_name["c[0:3]"].space]
+    assert by_name["p"].prunable
+
+
+def test_grouped_conv_keeps_equal_counts_per_group():
+    model = GroupedNet()
+    graph = PruningGraph(model, (3, 8, 8))
+    by_name = {g.name: g for g in graph.groups}
+    assert (by_name["reduce"].blocks, by_name["grouped"].blocks) == (4, 4)
+    assert by_name["stem"].blocks == 2  # added to the output of expand (groups=2)
+    assert by_name["reduce"].count_step(8) == 8 and by_name["grouped"].count_step(3) == 12
+    uneven = {by_name["reduce"].space: torch.tensor([0, 1, 4, 5, 8, 9, 12, 13, 14])}
+    with pytest.raises(AmcError, match="same number of channels in each of its 4 blocks"):
+        compact(model, graph, uneven)
+    scores = torch.arange(16.0).flip(0)  # block b's best channels are its first ones
+    assert top_channels(scores, 8, blocks=4).tolist() == [0, 1, 4, 5, 8, 9, 12, 13]
+    policy = make_policy(graph, {"name": "grouped"}, {by_name["reduce"].space: 6})
+    with pytest.raises(AmcError, match="must keep a multiple of 4"):
+        policy.counts(graph)
+
+
+def test_one_channel_per_group_is_unprunable():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 16, 3, groups=8), nn.Conv2d(16, 4, 1))
+    reasons = {g.name: g.reason for g in PruningGraph(model, (3, 8, 8)).groups}
+    assert "one channel per group" in reasons["0"]
 
 
 def test_option_a_resnet_groups():
@@ -160,23 +239,39 @@ def test_activation_criteria_use_calibration():
     assert scores.shape == (graph.prunable_groups[0].channels,) and (scores >= 0).all() and (scores <= 1).all()
 
 
-@pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (1, 1, 0), (3, 2, 1), (5, 1, 2)])
-def test_least_squares_recovers_conv_exactly_when_possible(kernel, stride, padding):
+@pytest.mark.parametrize("kernel,stride,padding,groups", [(3, 1, 1, 1), (1, 1, 0, 1), (3, 2, 1, 1), (5, 1, 2, 1),
+                                                           (3, 1, 1, 2), (1, 2, 0, 3)])
+def test_least_squares_recovers_conv_exactly_when_possible(kernel, stride, padding, groups):
     """If the outputs do not depend on the dropped channels, reconstruction must reproduce them."""
     torch.manual_seed(0)
-    conv = nn.Conv2d(6, 4, kernel, stride, padding, bias=False)
+    conv = nn.Conv2d(6 * groups, 4 * groups, kernel, stride, padding, bias=False, groups=groups)
     with torch.no_grad():
-        conv.weight[:, 3:] = 0  # channels 3..5 unused
-    x = torch.randn(16, 6, 10, 10)
-    cols = nn.functional.unfold(x, kernel, padding=padding, stride=stride).transpose(1, 2).reshape(-1, 6 * kernel * kernel)
+        conv.weight[:, 3:] = 0  # the last 3 input channels of every conv group are unused
+    kept = torch.cat([torch.arange(3) + 6 * j for j in range(groups)])
+    with torch.no_grad():  # start from a wrong weight: the solve must not depend on it
+        wrong = conv.weight + 0.3 * torch.randn_like(conv.weight)
+    x = torch.randn(16, 6 * groups, 10, 10)
+    cols = nn.functional.unfold(x, kernel, padding=padding, stride=stride).transpose(1, 2).reshape(-1, 6 * groups * kernel * kernel)
     gram = cols.T.double() @ cols.double()
-    perturbed = conv.weight.detach() + 0.3 * torch.randn_like(conv.weight)
-    with torch.no_grad():
-        perturbed[:, 3:] = 0
-    w = least_squares_weight(conv.weight, gram, torch.tensor([0, 1, 2]), ridge=1e-10)
+    w = least_squares_weight(conv.weight, gram, kept, ridge=1e-10, groups=groups)
+    assert not torch.allclose(least_squares_weight(wrong, gram, kept, ridge=1e-10, groups=groups), w)
     ref = conv(x)
-    out = nn.functional.conv2d(x[:, :3], w, stride=stride, padding=padding)
+    out = nn.functional.conv2d(x[:, kept], w, stride=stride, padding=padding, groups=groups)
     assert torch.allclose(out, ref, atol=1e-3)
+
+
+def test_reconstruction_of_grouped_consumer_improves_outputs():
+    torch.manual_seed(0)
+    model = randomize_bn(GroupedNet()).eval()
+    graph = PruningGraph(model, (3, 8, 8))
+    calib, x = torch.randn(64, 3, 8, 8), torch.randn(32, 3, 8, 8)
+    counts = {g.space: g.channels // 2 for g in graph.prunable_groups if g.name == "reduce"}
+    settings = dict(bn_batches=0, points_per_image=0)
+    with torch.no_grad():
+        ref = model(x)
+        plain = ChannelPruner(model, graph, PruneSettings(reconstruct=False, **settings), calib).prune(counts).model(x)
+        recon = ChannelPruner(model, graph, PruneSettings(reconstruct=True, **settings), calib).prune(counts).model(x)
+    assert (recon - ref).pow(2).mean() < 0.5 * (plain - ref).pow(2).mean()
 
 
 def test_reconstruction_improves_pruned_outputs():

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import math
 import os
@@ -26,6 +27,7 @@ from amc.flops import flops_of
 from envs import ChannelPruningEnv, PruningTask
 
 ROOT = Path(__file__).resolve().parents[1]
+HAVE_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +66,24 @@ def test_env_is_deterministic(task):
     env = ChannelPruningEnv(task)
     actions = list(np.linspace(0.1, 0.9, len(env.groups)))
     assert run_episode(env, actions)[3]["top1"] == run_episode(env, actions)[3]["top1"]
+
+
+def test_env_on_grouped_convs_keeps_counts_per_block():
+    from amc.data import DataConfig, synthetic_images
+    from amc.models import ModelSpec
+
+    from .test_engine import GroupedNet
+
+    torch.manual_seed(0)
+    data = synthetic_images(64, 5, 8, seed=0)
+    task = PruningTask.build(GroupedNet().eval(), ModelSpec("grouped", 5, (3, 8, 8)), data.subset(torch.arange(32)),
+                             data.subset(torch.arange(32, 64)), DataConfig().normalization, calibration_images=32)
+    env = ChannelPruningEnv(task, target=0.6, lbound=0.1)
+    assert [g.blocks for g in env.groups] == [2, 4, 4]  # stem (+ expand via the add), reduce, grouped
+    for actions in ([0.3, 0.37, 0.52], [0.9, 0.1, 0.6]):
+        info = run_episode(env, actions)[3]  # measured FLOPs are checked against the accounting inside
+        assert info["flops_ratio"] <= 0.6 + 1e-9
+        assert all(n % g.blocks == 0 for n, g in zip(info["counts"].values(), env.groups))
 
 
 @settings(max_examples=25, deadline=None)
@@ -199,8 +219,11 @@ def test_apply_policy_to_other_model_fails_and_matching_one_works(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run("apply", str(tmp_path / "p.json"), "resnet32", "--out", str(tmp_path / "x.pt"))
     assert r.returncode == 2 and "policy does not match the model" in r.stderr
-    r = run("apply", str(tmp_path / "p.json"), "--checkpoint", str(tmp_path / "r20.pt"), "--out", str(tmp_path / "c.pt"))
+    r = run("apply", str(tmp_path / "p.json"), "--checkpoint", str(tmp_path / "r20.pt"), "--out", str(tmp_path / "c.pt"),
+            *(["--onnx", str(tmp_path / "c.onnx")] if HAVE_ORT else []))
     assert r.returncode == 0, r.stderr
+    if HAVE_ORT:  # the exported graph runs in ONNX Runtime and matches torch
+        assert "ONNX Runtime matches torch" in r.stdout and (tmp_path / "c.onnx").stat().st_size > 10_000
     # a fresh process loads the compact model without the pruning code re-pruning it
     code = ("import torch; from amc.models import open_model; m,s,e=open_model(None, %r); "
             "from amc.flops import measure; print(measure(m,(3,32,32))['flops'])") % str(tmp_path / "c.pt")
