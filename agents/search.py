@@ -63,7 +63,7 @@ class SearchConfig:
     agent: str = "ddpg"
     criterion: str = "l1"
     reconstruct: bool = True
-    bn_batches: int = 5
+    bn_batches: int = 2
     calibration_images: int = 500
     round_to: int = 1
     lbound: float = 0.2
@@ -72,7 +72,7 @@ class SearchConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int = 0
-    channels_last: bool = False
+    channels_last: bool = True
     top_k: int = 5
     warmup_episodes: int = 100
     sigma: float = 0.5
@@ -343,7 +343,8 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agent", choices=["ddpg", "td3", "sac", "random"])
     p.add_argument("--criterion", choices=["l1", "l2", "apoz", "mean_activation", "random"])
     p.add_argument("--reconstruct", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--bn-batches", type=int)
+    p.add_argument("--bn-batches", type=int, help="BatchNorm recalibration batches of 100 calibration images per "
+                   "episode (default 2; 0 = off)")
     p.add_argument("--calibration-images", type=int)
     p.add_argument("--round-to", type=int)
     p.add_argument("--lbound", type=float)
@@ -352,7 +353,8 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device")
     p.add_argument("--threads", type=int)
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last memory format for compact models and images (default on: faster convs on CPU)")
     p.add_argument("--top-k", type=int)
     p.add_argument("--warmup-episodes", type=int)
     p.add_argument("--sigma", type=float)

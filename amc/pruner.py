@@ -60,11 +60,16 @@ class ChannelPruner:
         settings: :class:`PruneSettings`.
         calibration: normalised images (N, C, H, W) on the model's device, used for activation
             criteria, reconstruction statistics and BatchNorm recalibration; needed when any is on.
+        channels_last: give compact models (and the calibration images) the channels-last memory
+            format, faster for convolutions on CPU; results are the same up to float rounding.
     """
 
     def __init__(self, model: nn.Module, graph: PruningGraph, settings: PruneSettings = PruneSettings(),
-                 calibration: torch.Tensor | None = None):
+                 calibration: torch.Tensor | None = None, channels_last: bool = False):
         self.model = model.eval()
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if calibration is not None and channels_last:
+            calibration = calibration.contiguous(memory_format=torch.channels_last)
         self.graph = graph
         self.settings = settings
         self.criterion = criterion_by_name(settings.criterion, settings.seed)
@@ -112,7 +117,7 @@ class ChannelPruner:
         timings = {}
         start = time.perf_counter()
         kept = dict(kept) if kept is not None else self.kept_indices(counts)
-        small = compact(self.model, self.graph, kept)
+        small = compact(self.model, self.graph, kept).to(memory_format=self.memory_format)
         timings["prune"] = time.perf_counter() - start
         start = time.perf_counter()
         if self.settings.reconstruct and kept:

@@ -34,9 +34,7 @@ class PruningTask:
 
     def score(self, model: nn.Module) -> dict[str, float]:
         """Top-1/top-5 accuracy and loss of ``model`` on the search split (never the test split)."""
-        model.to(self.device)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         return evaluate(model, self.search_images, self.search_labels, self.batch_size)
 
     @classmethod
@@ -49,7 +47,7 @@ class PruningTask:
         gen = torch.Generator().manual_seed(settings.seed)
         pick = torch.randperm(len(calibration), generator=gen)[:calibration_images]
         calib = norm(calibration.images[pick]).to(device)
-        pruner = ChannelPruner(model, graph, settings, calib)
+        pruner = ChannelPruner(model, graph, settings, calib, channels_last)
         search_x = norm(search.images).to(device)
         if channels_last:
             search_x = search_x.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,112 @@
+"""How long one search episode takes, split by step, against the floor of scoring alone.
+
+Runs a short real search (the same code as ``amc search``; every ``amc search`` flag is accepted)
+and reads the per-episode timings it logs: prune (channel selection + compaction), reconstruct
+(least squares), bn_recalibration, evaluate (search split), and agent (everything else in the
+episode: the agent's actions and updates, FLOPs verification, bookkeeping). Episodes of the
+agent's exploration phase (after warm-up, when it trains) are the ones summarised.
+
+The **floor** is the forward pass of the same compact model over the same search split, alone:
+the best policy found is compacted once and scored ``--repeats`` times. The record reports
+median episode seconds / median floor seconds (target on CPU: <= 1.3) and episodes per hour.
+
+    python benchmarks/episode_speed.py --model resnet20 --checkpoint CKPT --dataset cifar10 \\
+        --data-dir DIR --episodes 30 --warmup-episodes 10 --record results/benchmarks/episode-speed/resnet20.json
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agents.search import SearchRun, add_search_args, config_from  # noqa: E402
+from amc.checkpoint import atomic_write_text  # noqa: E402
+from amc.policy import Policy  # noqa: E402
+
+STEPS = ["prune_s", "reconstruct_s", "bn_recalibration_s", "evaluate_s", "agent_s", "episode_s"]
+
+
+def floor_seconds(run: SearchRun, policy: Policy, repeats: int) -> list[float]:
+    """Seconds to score the compact model of ``policy`` on the search split, ``repeats`` times."""
+    task = run.task
+    model = task.pruner.prune(policy.counts(task.graph)).model
+    task.score(model)  # warm-up (allocations, oneDNN primitive caches)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        task.score(model)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def machine() -> dict:
+    import gymnasium  # noqa: PLC0415
+    import stable_baselines3  # noqa: PLC0415
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__, "gymnasium": gymnasium.__version__,
+            "stable_baselines3": stable_baselines3.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_search_args(parser)
+    parser.add_argument("--repeats", type=int, default=7, help="floor measurements (median reported)")
+    parser.add_argument("--record", help="write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    cfg = config_from(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(cfg.out or tmp)
+        cfg = dataclasses.replace(cfg, out=str(out))
+        started = time.perf_counter()
+        run = SearchRun(cfg, out, progress=not args.quiet)
+        setup = time.perf_counter() - started
+        run.run()
+        rows = pd.read_csv(out / "episodes.csv")
+        policy = Policy.load(out / "best_policy.json")
+        floor = floor_seconds(run, policy, args.repeats)
+    explore = rows[rows.phase != "warm-up"] if (rows.phase != "warm-up").any() else rows
+    medians = {col: float(explore[col].median()) for col in STEPS}
+    record = {
+        "benchmark": "episode_speed",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "config": dataclasses.asdict(cfg),
+        "machine": machine(),
+        "groups": len(run.groups),
+        "search_images": len(run.task.search_labels),
+        "setup_s": setup,
+        "episodes_summarised": len(explore),
+        "median_s": medians,
+        "floor_s": {"median": statistics.median(floor), "all": floor},
+        "episode_to_floor": medians["episode_s"] / statistics.median(floor),
+        "episodes_per_hour": 3600 / medians["episode_s"],
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    print(f"{cfg.model}: {record['groups']} groups, {record['search_images']} search images, "
+          f"device {cfg.device}, channels_last {cfg.channels_last}, threads {record['machine']['torch_threads']}")
+    print("median seconds per episode (" + str(len(explore)) + " episodes): " +
+          ", ".join(f"{k[:-2]} {v:.3f}" for k, v in medians.items()))
+    print(f"floor (forward pass of the compact model over the search split): {record['floor_s']['median']:.3f} s")
+    print(f"episode / floor = {record['episode_to_floor']:.2f}; {record['episodes_per_hour']:.0f} episodes per hour")
+    if args.record:
+        atomic_write_text(json.dumps(record, indent=2) + "\n", args.record)
+        print(f"record: {args.record}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
