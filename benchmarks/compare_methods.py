@@ -53,7 +53,7 @@ def apply_report(path: Path) -> dict:
 
 def apply(policy: Path, out: Path, checkpoint: str, data_dir: str, finetune_epochs: int = 0) -> dict:
     """Compact model of ``policy`` with test top-1 before (and after) fine-tuning; cached in ``out``."""
-    if not out.is_file():
+    if not out.is_file() or out.stat().st_mtime < policy.stat().st_mtime:  # cached unless the policy changed
         amc("apply", str(policy), "--checkpoint", checkpoint, "--dataset", "cifar10", "--data-dir", data_dir,
             "--out", str(out), "--finetune-epochs", str(finetune_epochs))
     rows = {r["model"]: r for r in apply_report(out)["rows"]}

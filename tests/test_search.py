@@ -231,3 +231,20 @@ def test_apply_policy_to_other_model_fails_and_matching_one_works(tmp_path):
     assert out.returncode == 0, out.stderr
     dense = 40_551_040
     assert 0.49 * dense <= int(out.stdout.strip()) <= 0.5 * dense
+
+
+def test_episode_speed_benchmark_writes_its_record(tmp_path):
+    """The benchmark script runs a real short search and relates episode time to the scoring floor."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import episode_speed
+
+    record = tmp_path / "speed.json"
+    episode_speed.main(["--model", "resnet8", "--input-shape", "3", "16", "16", "--dataset", "synthetic",
+                        "--search-size", "64", "--calibration-images", "64", "--episodes", "4", "--warmup-episodes", "2",
+                        "--repeats", "2", "--quiet", "--record", str(record)])
+    figures = json.loads(record.read_text())
+    assert figures["episodes_summarised"] == 2 and figures["search_images"] == 64
+    steps = figures["median_s"]
+    assert steps["episode_s"] >= steps["evaluate_s"] > 0 and figures["floor_s"]["median"] > 0
+    assert figures["episode_to_floor"] == pytest.approx(steps["episode_s"] / figures["floor_s"]["median"])
+    assert figures["machine"]["torch"] == torch.__version__
