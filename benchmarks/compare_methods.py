@@ -5,7 +5,7 @@ For the run folders ``results/benchmarks/NAME/{ddpg,random}-seed*`` this
 - reads each run's best search-split reward, its best-so-far curve, FLOPs ratio and wall time;
 - builds the compact model of each run's best policy and of the uniform policy with ``amc apply``
   (the user-facing command) and records test top-1 **without fine-tuning**;
-- with ``--finetune-epochs N``, fine-tunes the best DDPG policy, the best random policy (best over
+- with ``--finetune-epochs N``, fine-tunes the policy with the best search reward (over methods and
   seeds) and the uniform policy with the same budget (``amc apply --finetune-epochs N``);
 - writes ``runs.csv`` (tidy, one row per run and stage), ``table.md``, ``comparison.png`` and
   ``record.json`` (machine, versions, commands) into ``results/benchmarks/NAME/``.
@@ -111,6 +111,24 @@ def plot_test_accuracy(ax, summary: pd.DataFrame) -> None:
     ax.legend(loc="upper left", fontsize=8)
 
 
+def markdown_table(summary: pd.DataFrame) -> str:
+    """Method x (search reward, test top-1 before/after fine-tuning, FLOPs ratio, episodes, wall time)."""
+    def pm(mean, std, scale=1.0, digits=4):
+        return f"{mean * scale:.{digits}f}" + ("" if pd.isna(std) else f" ± {std * scale:.{digits}f}")
+
+    lines = ["| method | runs | episodes per run | search reward (−error), mean ± std | test top-1 % no fine-tune, "
+             "mean ± std | test top-1 % fine-tuned (best policy) | FLOPs ratio (measured, max) | wall time per run (s) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for _, r in summary.iterrows():
+        tuned = r.get("test_top1_finetuned")
+        tuned = "–" if tuned is None or pd.isna(tuned) else f"{tuned * 100:.2f}"
+        wall = "–" if pd.isna(r.wall_s) else f"{r.wall_s:.0f}"
+        std = r.search_reward_std if r.method != "uniform" else r.search_reward_std_uniform
+        lines.append(f"| {r.method} | {r.runs} | {r.episodes} | {pm(r.search_reward_mean, std)} | "
+                     f"{pm(r.test_top1_mean, r.test_top1_std, 100, 2)} | {tuned} | {r.flops_ratio:.4f} | {wall} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("name", help="folder under results/benchmarks")
@@ -137,21 +155,19 @@ def main(argv: list[str] | None = None) -> int:
         test_top1_std=("test_top1", "std"), test_top1_min=("test_top1", "min"), test_top1_max=("test_top1", "max"),
         flops_ratio=("flops_ratio_measured", "max"), wall_s=("wall_s", "mean")).reset_index()
     summary["search_reward_std_uniform"] = runs.uniform_search_reward.std()
-    if args.finetune_epochs > 0:
-        tuned = {}
-        for method in ("ddpg", "random"):
-            best = runs[runs.method == method].sort_values("search_reward", ascending=False).head(1)
-            for _, row in best.iterrows():
-                run = folder / f"{method}-seed{row.seed}"
-                tuned[method] = apply(run / "best_policy.json", folder / "models" / f"{run.name}-ft{args.finetune_epochs}.pt",
-                                      args.checkpoint, args.data_dir, args.finetune_epochs)
-                tuned[method]["seed"] = int(row.seed)
+    if args.finetune_epochs > 0:  # the best searched policy (any method, any seed) and the uniform one
+        best = runs[runs.method != "uniform"].sort_values("search_reward", ascending=False).iloc[0]
+        run = folder / f"{best.method}-seed{best.seed}"
+        tuned = {best.method: apply(run / "best_policy.json", folder / "models" / f"{run.name}-ft{args.finetune_epochs}.pt",
+                                    args.checkpoint, args.data_dir, args.finetune_epochs)}
+        tuned[best.method]["seed"] = int(best.seed)
         tuned["uniform"] = apply(uniform_policy, folder / "models" / f"uniform-ft{args.finetune_epochs}.pt",
                                  args.checkpoint, args.data_dir, args.finetune_epochs)
         summary["test_top1_finetuned"] = summary.method.map(lambda m: tuned.get(m, {}).get("test_top1_finetuned"))
         summary["finetuned_seed"] = summary.method.map(lambda m: tuned.get(m, {}).get("seed"))
     runs.to_csv(folder / "runs.csv", index=False)
     summary.to_csv(folder / "summary.csv", index=False)
+    atomic_write_text(markdown_table(summary), folder / "table.md")
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     plot_best_reward(axes[0], folder, float(uniform["search_reward"]))
     plot_test_accuracy(axes[1], summary)
