@@ -341,7 +341,8 @@ class PruningGraph:
                     or self.spaces.blocks.get(seg.space, 1) > 1:
                 return None
             piece = Segment(self.spaces.new(sizes[0], self.spaces.reason.get(seg.space)), sizes[0])
-            return [(piece,)] * len(sizes) if self._replace_space(seg.space, (piece,) * len(sizes)) else None
+            self._replace_space(seg.space, (piece,) * len(sizes))
+            return [(piece,)] * len(sizes)
         for seg in layout:
             self.spaces.block(seg.space, f"'{_name_of(node)}' with sizes fixed in the model's code")
         bounds = list(itertools.accumulate(sizes))
@@ -371,7 +372,7 @@ class PruningGraph:
                 current = []
         return pieces
 
-    def _replace_space(self, space: int, segments: Layout) -> bool:
+    def _replace_space(self, space: int, segments: Layout) -> None:
         """Replace every segment of ``space`` (a space with no merged partners) by ``segments`` in all layouts so far."""
         def rewrite(lay: Layout) -> Layout:
             return tuple(part for seg in lay for part in (segments if seg.space == space else (seg,)))
@@ -382,7 +383,6 @@ class PruningGraph:
             self._pieces[node] = [rewrite(p) for p in pieces]
         for layer in self.layers:
             layer.in_layout, layer.out_layout = rewrite(layer.in_layout), rewrite(layer.out_layout)
-        return True
 
     def _visit_function(self, node: fx.Node, args: list[fx.Node], inputs: list[Layout],
                         shape: tuple[int, ...]) -> Layout | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import subprocess
 import sys
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from amc.checkpoint import atomic_write_text  # noqa: E402
+from amc.policy import provenance  # noqa: E402
 
 
 def amc(*args: str) -> list[str]:
@@ -175,12 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     fig.tight_layout()
     fig.savefig(folder / "comparison.png", dpi=120)
     plt.close(fig)
-    import gymnasium  # noqa: PLC0415
-    import stable_baselines3  # noqa: PLC0415
-
+    info = provenance()
     record = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "seconds": time.time() - started,
-              "machine": platform.platform(), "versions": {"torch": torch.__version__, "gymnasium": gymnasium.__version__,
-                                                           "stable_baselines3": stable_baselines3.__version__},
+              "machine": info["machine"], "versions": info["versions"],
               "finetune": {"epochs": args.finetune_epochs, "lr": 0.01, "command": "amc apply POLICY --finetune-epochs N"},
               "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write_text(json.dumps(record, indent=2) + "\n", folder / "record.json")

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.search import SearchRun, add_search_args, config_from  # noqa: E402
 from amc.checkpoint import atomic_write_text  # noqa: E402
-from amc.policy import Policy  # noqa: E402
+from amc.policy import Policy, provenance  # noqa: E402
 
 STEPS = ["prune_s", "reconstruct_s", "bn_recalibration_s", "evaluate_s", "agent_s", "episode_s"]
 
@@ -52,13 +52,10 @@ def floor_seconds(run: SearchRun, policy: Policy, repeats: int) -> list[float]:
 
 
 def machine() -> dict:
-    import gymnasium  # noqa: PLC0415
-    import stable_baselines3  # noqa: PLC0415
-
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    """Library versions and platform (as in policy provenance) plus the CPU/GPU facts timings depend on."""
+    info = provenance()
+    return {**info["versions"], "platform": info["machine"], "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, "gymnasium": gymnasium.__version__,
-            "stable_baselines3": stable_baselines3.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
