@@ -6,23 +6,23 @@ the demo. Images are kept as ``uint8`` tensors of shape (N, C, H, W); normalisat
 ``(x / 255 - mean) / std`` is applied per batch (or once, for evaluation tensors).
 
 AMC evaluates candidate policies on a ``search`` split held out from the *training* set, never on
-the test set: :func:`load_splits` carves it out with a seeded permutation.
+the test set: :func:`load_splits` sets a seeded *holdout* aside (never trained on); the search
+split is its first ``search_images`` images; the rest of the training set is the trained-on part
+(``train``), from which calibration images are drawn. See :class:`~amc.config.DataConfig`.
 """
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
+from .config import DEFAULT_MEAN, DEFAULT_STD, DataConfig
 from .errors import AmcError
 
-# Normalisation used to train the CIFAR ResNet checkpoints amc is tested with (RGB in [0, 1]).
-DEFAULT_MEAN = (0.485, 0.456, 0.406)
-DEFAULT_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
@@ -53,24 +53,9 @@ class Normalization:
         return (images.float().div_(255) - mean) / std
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    """Where the data is and how it is split.
-
-    ``dataset``: ``cifar10``, ``cifar100``, ``folder`` or ``synthetic``. ``search_size``: images held
-    out from the training set for the search split (0 for none). ``synthetic_size``: (train, test)
-    image counts of the synthetic dataset. ``image_size``: side length images of a ``folder`` dataset
-    are resized to.
-    """
-
-    dataset: str = "synthetic"
-    data_dir: str | None = None
-    search_size: int = 5000
-    split_seed: int = 0
-    normalization: Normalization = field(default_factory=Normalization)
-    synthetic_size: tuple[int, int] = (2000, 500)
-    image_size: int = 32
-    num_classes_hint: int = 10
+def normalization(cfg: DataConfig) -> Normalization:
+    """The normalisation of ``cfg`` (mean, std)."""
+    return Normalization(tuple(cfg.mean), tuple(cfg.std))
 
 
 # ---------------------------------------------------------------- readers
@@ -157,40 +142,49 @@ def synthetic_images(n: int, num_classes: int = 10, size: int = 32, seed: int = 
     return ImageSet((imgs.clamp(0, 1) * 255).to(torch.uint8), labels, [f"class{i}" for i in range(num_classes)])
 
 
-def read_split(cfg: DataConfig, split: str) -> ImageSet:
-    """The raw ``train`` or ``test`` part of the configured dataset."""
+def read_split(cfg: DataConfig, split: str, num_classes: int = 10, image_size: int = 32) -> ImageSet:
+    """The raw ``train`` or ``test`` part of the configured dataset.
+
+    ``num_classes`` / ``image_size``: of the synthetic dataset (and folder images, unless
+    ``cfg.image_size`` is set), normally the model's.
+    """
+    size = cfg.image_size or image_size
     if cfg.dataset in ("cifar10", "cifar100"):
         return read_cifar(cfg.data_dir, split, 10 if cfg.dataset == "cifar10" else 100)
     if cfg.dataset == "folder":
         if not cfg.data_dir:
             raise AmcError("dataset 'folder' needs --data-dir with train/ and test/ subfolders")
-        return read_image_folder(Path(cfg.data_dir) / split, cfg.image_size)
+        return read_image_folder(Path(cfg.data_dir) / split, size)
     if cfg.dataset == "synthetic":
         n = cfg.synthetic_size[0] if split == "train" else cfg.synthetic_size[1]
-        return synthetic_images(n, cfg.num_classes_hint, cfg.image_size, seed=0 if split == "train" else 1)
+        return synthetic_images(n, num_classes, size, seed=0 if split == "train" else 1)
     raise AmcError(f"unknown dataset '{cfg.dataset}' (choose cifar10, cifar100, folder or synthetic)")
 
 
-def split_indices(n: int, search_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Deterministic (train, search) index split of ``range(n)``; same seed -> same split."""
-    if not 0 <= search_size < n:
-        raise AmcError(f"search split of {search_size} images does not fit a training set of {n}")
+def split_indices(n: int, holdout: int, search_images: int, seed: int) -> dict[str, torch.Tensor]:
+    """Sorted index sets of ``range(n)``: ``train`` (trained on), ``holdout`` and its first ``search_images`` (``search``)."""
+    if not 0 <= holdout < n:
+        raise AmcError(f"a holdout of {holdout} images leaves no training images in a training set of {n} "
+                       "(lower --holdout)")
+    if not 0 <= search_images <= holdout:
+        raise AmcError(f"the search split ({search_images} images) must be part of the holdout ({holdout} images)")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[search_size:].sort().values, perm[:search_size].sort().values
+    return {"train": perm[holdout:].sort().values, "holdout": perm[:holdout].sort().values,
+            "search": perm[:search_images].sort().values}
 
 
-def load_splits(cfg: DataConfig, splits: tuple[str, ...] = ("train", "search", "test")) -> dict[str, ImageSet]:
-    """The requested splits: ``train`` and ``search`` come from the training set, ``test`` from the test set."""
+def load_splits(cfg: DataConfig, splits: tuple[str, ...] = ("train", "search", "test"), *, num_classes: int = 10,
+                image_size: int = 32) -> dict[str, ImageSet]:
+    """The requested splits: ``train`` (trained-on part), ``holdout`` and ``search`` come from the
+    training set, ``test`` from the test set."""
     out: dict[str, ImageSet] = {}
-    if "train" in splits or "search" in splits:
-        full = read_split(cfg, "train")
-        train_idx, search_idx = split_indices(len(full), cfg.search_size, cfg.split_seed)
-        if "train" in splits:
-            out["train"] = full.subset(train_idx)
-        if "search" in splits:
-            out["search"] = full.subset(search_idx)
+    wanted = [s for s in splits if s in ("train", "holdout", "search")]
+    if wanted:
+        full = read_split(cfg, "train", num_classes, image_size)
+        index = split_indices(len(full), cfg.holdout, cfg.search_images, cfg.split_seed)
+        out.update({s: full.subset(index[s]) for s in wanted})
     if "test" in splits:
-        out["test"] = read_split(cfg, "test")
+        out["test"] = read_split(cfg, "test", num_classes, image_size)
     return out
 
 

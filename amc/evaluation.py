@@ -1,7 +1,5 @@
-"""Accuracy and loss of a classifier on in-memory tensors, and BatchNorm recalibration."""
+"""Accuracy and loss of a classifier on in-memory tensors."""
 from __future__ import annotations
-
-from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -29,32 +27,3 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     model.train(was_training)
     n = max(1, len(labels))
     return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss / n, "images": len(labels)}
-
-
-def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
-    """Re-estimate BatchNorm running statistics on ``batches`` (cumulative average); returns batches used.
-
-    Only BatchNorm layers switch to training mode; weights are not touched.
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return 0
-    saved = [(m.momentum, m.training) for m in bns]
-    was_training = model.training
-    model.eval()
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    used = 0
-    try:
-        with torch.no_grad():
-            for x in batches:
-                model(x)
-                used += 1
-    finally:
-        for m, (momentum, training) in zip(bns, saved):
-            m.momentum = momentum
-            m.train(training)
-        model.train(was_training)
-    return used

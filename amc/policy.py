@@ -1,38 +1,46 @@
-"""Policy files: which fraction of each channel group to keep, tied to the model it was made for.
+"""Policy files: which fraction of each channel group to keep, and everything needed to rebuild the model.
 
-A policy is JSON (``"format": "amc.policy"``, ``"schema_version": 1``) with:
+A policy is JSON (``"format": "amc.policy"``, ``"schema_version": 2``) with:
 
-- ``model``: the :class:`~amc.models.registry.ModelSpec`; ``input_shape`` (C, H, W);
+- ``model`` (the :class:`~amc.models.ModelSpec` plus ``exclude``) and ``input_shape`` (C, H, W);
 - ``fingerprint``: the architecture's prunable groups (name, channels) and a hash of every
-  conv/linear/BN shape, so that applying it to another model fails loudly instead of silently;
+  conv/linear/BN shape, so applying it to another architecture fails loudly, naming the groups;
 - ``groups``: per prunable group, in forward order: ``name``, ``channels``, ``requested_ratio`` and
-  ``executed_ratio`` (preserve ratios: kept / original), ``kept_channels`` and optionally
-  ``kept_indices``;
-- ``flops_definition``, ``metrics`` (dense/compact FLOPs and params, ratios, accuracies where known)
-  and ``provenance`` (seed, library versions, creation time, command).
+  ``executed_ratio`` (preserve ratios: kept / original), ``kept_channels`` and ``kept_indices``;
+- how the scored model was built: ``prune`` (:class:`~amc.config.PruneConfig`), ``calibration``
+  (:class:`~amc.config.CalibrationConfig`) and ``data`` (:class:`~amc.config.DataConfig`: the split
+  the calibration images come from); ``cost`` (name and definition of the budgeted cost);
+- ``metrics`` (cost ratios, search-split accuracies, reward, ...) and ``provenance``.
+
+Schema-1 files (written before the restructuring) still load; they lack the recovery settings, so
+applying one uses the defaults unless the caller passes its own.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import platform
-import time
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from .checkpoint import atomic_write_text
-from .errors import AmcError
-from .flops import FLOPS_DEFINITION, flops_of
-from .graph import PruningGraph
-from .ratios import channels_for_ratio
+import torch
 
-SCHEMA_VERSION = 1
+from .config import CalibrationConfig, DataConfig, PruneConfig, from_dict, to_dict
+from .errors import AmcError
+from .io import atomic_write_text
+from .provenance import provenance
+from .structure import DependencyGraph, GroupName
+
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 
 
 @dataclass
 class GroupDecision:
-    name: str
+    """One group's decision. Ratios are preserve ratios (fraction of channels kept, in (0, 1])."""
+
+    name: GroupName
     channels: int
     requested_ratio: float
     executed_ratio: float
@@ -42,35 +50,95 @@ class GroupDecision:
 
 @dataclass
 class Policy:
+    """A per-group channel policy tied to the architecture and the recovery it was scored with."""
+
     model: dict
     input_shape: list[int]
     fingerprint: dict
     groups: list[GroupDecision]
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    data: DataConfig | None = None
+    cost: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
-    flops_definition: str = FLOPS_DEFINITION
+    granularity: str = "channel"
 
+    # ------------------------------------------------------------ views
+    @property
+    def ratios(self) -> dict[GroupName, float]:
+        """Executed preserve ratio (kept / channels) per group name."""
+        return {d.name: d.kept_channels / d.channels for d in self.groups}
+
+    def kept(self) -> dict[GroupName, torch.Tensor]:
+        """Recorded kept channel indices per group that loses channels (may be empty)."""
+        return {d.name: torch.tensor(d.kept_indices, dtype=torch.long) for d in self.groups
+                if d.kept_indices is not None and d.kept_channels < d.channels}
+
+    def keep(self, graph: DependencyGraph, *, force: bool = False) -> dict[GroupName, int]:
+        """Kept channels per group name, after checking that ``graph`` is the policy's architecture.
+
+        ``force``: skip the layer-shape hash check (the groups must still match), for a
+        deliberate transfer to a model with other non-prunable layers.
+        """
+        check_fingerprint(self, graph, force=force)
+        return {d.name: d.kept_channels for d in self.groups}
+
+    # ------------------------------------------------------------ building
+    @classmethod
+    def build(cls, graph: DependencyGraph, keep: Mapping[GroupName, int], *, model: dict,
+              kept: Mapping[GroupName, torch.Tensor] | None = None, requested: Mapping[GroupName, float] | None = None,
+              cost: dict | None = None, prune: PruneConfig = PruneConfig(),
+              calibration: CalibrationConfig = CalibrationConfig(), data: DataConfig | None = None,
+              metrics: dict | None = None, seed: int | None = None) -> "Policy":
+        """A policy over ``graph``'s prunable groups keeping ``keep[name]`` channels (absent: all)."""
+        decisions = []
+        for g in graph.prunable:
+            n = int(keep.get(g.name, g.channels))
+            idx = (kept or {}).get(g.name)
+            decisions.append(GroupDecision(g.name, g.channels, round(float((requested or {}).get(g.name, n / g.channels)), 6),
+                                           round(n / g.channels, 6), n, idx.tolist() if idx is not None else None))
+        return cls(model, list(graph.input_shape), fingerprint(graph), decisions, prune, calibration, data,
+                   cost or {}, metrics or {}, provenance(seed))
+
+    # ------------------------------------------------------------ files
     def to_dict(self) -> dict:
-        return {"format": "amc.policy", "schema_version": SCHEMA_VERSION, "model": self.model,
-                "input_shape": list(self.input_shape), "fingerprint": self.fingerprint,
-                "groups": [asdict(g) for g in self.groups], "flops_definition": self.flops_definition,
-                "metrics": self.metrics, "provenance": self.provenance}
+        return {"format": "amc.policy", "schema_version": SCHEMA_VERSION, "granularity": self.granularity,
+                "model": self.model, "input_shape": list(self.input_shape), "fingerprint": self.fingerprint,
+                "groups": [asdict(g) for g in self.groups], "prune": to_dict(self.prune),
+                "calibration": to_dict(self.calibration), "data": to_dict(self.data) if self.data else None,
+                "cost": self.cost, "metrics": self.metrics, "provenance": self.provenance}
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(json.dumps(self.to_dict(), indent=2) + "\n", path)
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "policy") -> "Policy":
-        if d.get("format") != "amc.policy":
+        if not isinstance(d, dict) or d.get("format") != "amc.policy":
             raise AmcError(f"{source} is not an amc policy file (no \"format\": \"amc.policy\")")
-        if d.get("schema_version") != SCHEMA_VERSION:
-            raise AmcError(f"{source} has schema version {d.get('schema_version')}, this amc reads {SCHEMA_VERSION}")
+        if d.get("schema_version") not in READABLE_SCHEMAS:
+            raise AmcError(f"{source} has schema version {d.get('schema_version')}, this amc reads "
+                           f"{', '.join(map(str, READABLE_SCHEMAS))}")
         try:
-            groups = [GroupDecision(**g) for g in d["groups"]]
-            return cls(d["model"], list(d["input_shape"]), d["fingerprint"], groups, d.get("metrics", {}),
-                       d.get("provenance", {}), d.get("flops_definition", FLOPS_DEFINITION))
-        except (KeyError, TypeError) as exc:
+            groups = [_decision(g, source) for g in d["groups"]]
+            if d["schema_version"] == 1:  # recovery settings were not recorded; only the criterion was
+                saved = d.get("metrics", {}).get("prune_settings", {})
+                prune = PruneConfig(criterion=saved.get("criterion", "l1"))
+                calibration, data, cost = CalibrationConfig(), None, {"name": "macs", "definition": d.get("flops_definition")}
+            else:
+                prune = from_dict(PruneConfig, d.get("prune"), f"{source}: prune")
+                calibration = from_dict(CalibrationConfig, d.get("calibration"), f"{source}: calibration")
+                data = from_dict(DataConfig, d["data"], f"{source}: data") if d.get("data") else None
+                cost = d.get("cost", {})
+            policy = cls(d["model"], list(d["input_shape"]), d["fingerprint"], groups, prune, calibration, data, cost,
+                         d.get("metrics", {}), d.get("provenance", {}), d.get("granularity", "channel"))
+        except (KeyError, TypeError, ValueError) as exc:
             raise AmcError(f"{source} is malformed: {exc}") from None
+        names = [g.name for g in groups]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise AmcError(f"{source} decides group(s) {', '.join(twice)} more than once")
+        return policy
 
     @classmethod
     def load(cls, path: str | Path) -> "Policy":
@@ -79,94 +147,59 @@ class Policy:
             raise AmcError(f"policy file not found: {p}")
         try:
             data = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise AmcError(f"policy file {p} is not valid JSON: {exc}") from None
         return cls.from_dict(data, str(p))
 
-    def counts(self, graph: PruningGraph) -> dict[int, int]:
-        """Group space -> kept channels, after checking that ``graph`` is the policy's architecture."""
-        check_fingerprint(self, graph)
-        by_name = {g.name: g for g in graph.groups}
-        return {by_name[d.name].space: d.kept_channels for d in self.groups}
+
+def _decision(g: dict, source: str) -> GroupDecision:
+    d = GroupDecision(**g)
+    for key in ("channels", "kept_channels"):
+        value = getattr(d, key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise AmcError(f"{source}: group '{d.name}' has {key} {value!r}, not a whole number")
+    for key in ("requested_ratio", "executed_ratio"):
+        value = getattr(d, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not 0 <= value <= 1:
+            raise AmcError(f"{source}: group '{d.name}' has {key} {value!r}; preserve ratios lie in (0, 1]")
+    if d.kept_channels >= 1 and d.channels >= 1 and abs(d.executed_ratio - d.kept_channels / d.channels) > 1e-3:
+        raise AmcError(f"{source}: group '{d.name}' keeps {d.kept_channels} of {d.channels} channels but records "
+                       f"executed_ratio {d.executed_ratio}")
+    return d
 
 
-def fingerprint(graph: PruningGraph) -> dict:
+def fingerprint(graph: DependencyGraph) -> dict:
     """Identity of an architecture: its prunable groups and a hash of all conv/linear/BN shapes."""
-    shapes = [[layer.name, layer.kind, list(layer.module.weight.shape) if getattr(layer.module, "weight", None)
-               is not None else [graph.layout_width(layer.in_layout)]] for layer in graph.layers]
-    digest = hashlib.sha256(json.dumps([graph.input_shape, shapes]).encode()).hexdigest()[:16]
-    return {"groups": [[g.name, g.channels] for g in graph.prunable_groups], "layer_shapes_sha256": digest}
+    shapes = [[layer.name, layer.kind.name, list(layer.module.weight.shape) if getattr(layer.module, "weight", None)
+               is not None else [graph.width(layer.in_layout)]] for layer in graph.layers]
+    digest = hashlib.sha256(json.dumps([list(graph.input_shape), shapes]).encode()).hexdigest()[:16]
+    return {"groups": [[g.name, g.channels] for g in graph.prunable], "layer_shapes_sha256": digest}
 
 
-def check_fingerprint(policy: Policy, graph: PruningGraph) -> None:
-    """Raise :class:`AmcError` naming the groups that differ between ``policy`` and ``graph``."""
+def check_fingerprint(policy: Policy, graph: DependencyGraph, *, force: bool = False) -> None:
+    """Raise :class:`AmcError` naming what differs between ``policy`` and ``graph``."""
     theirs = {name: ch for name, ch in policy.fingerprint.get("groups", [])}
-    ours = {g.name: g.channels for g in graph.prunable_groups}
+    ours = {g.name: g.channels for g in graph.prunable}
     problems = [f"{n}: policy {theirs[n]} channels, model {ours[n]}" for n in theirs if n in ours and theirs[n] != ours[n]]
     problems += [f"{n}: not a prunable group of the model" for n in theirs if n not in ours]
     problems += [f"{n}: missing from the policy" for n in ours if n not in theirs]
     decided = {d.name for d in policy.groups}
     problems += [f"{d}: decision for an unknown group" for d in decided if d not in ours]
+    problems += [f"{n}: no decision in the policy" for n in ours if n not in decided and n in theirs]
     if problems:
         more = f" (+{len(problems) - 4} more)" if len(problems) > 4 else ""
         raise AmcError("policy does not match the model: " + "; ".join(problems[:4]) + more)
-    blocks = {g.name: g.blocks for g in graph.prunable_groups}
+    if not force and policy.fingerprint.get("layer_shapes_sha256") not in (None, fingerprint(graph)["layer_shapes_sha256"]):
+        raise AmcError("policy does not match the model: same prunable groups but other layer shapes or input shape "
+                       f"(policy input {tuple(policy.input_shape)}, model {tuple(graph.input_shape)}); use --force "
+                       "for a deliberate transfer")
     for d in policy.groups:
-        if not 1 <= d.kept_channels <= ours[d.name]:
-            raise AmcError(f"policy keeps {d.kept_channels} of {ours[d.name]} channels in group '{d.name}'")
-        if d.kept_channels % blocks[d.name]:
+        g = graph.group[d.name]
+        if d.channels != g.channels:
+            raise AmcError(f"policy says group '{d.name}' has {d.channels} channels, the model has {g.channels}")
+        if not 1 <= d.kept_channels <= g.channels:
+            raise AmcError(f"policy keeps {d.kept_channels} of {g.channels} channels in group '{d.name}'")
+        if d.kept_channels % g.blocks:
             raise AmcError(f"policy keeps {d.kept_channels} channels in group '{d.name}', which feeds a grouped conv "
-                           f"and must keep a multiple of {blocks[d.name]}")
-
-
-def provenance(seed: int | None = None, command: str | None = None) -> dict:
-    import gymnasium  # noqa: PLC0415
-    import stable_baselines3  # noqa: PLC0415
-    import torch  # noqa: PLC0415
-
-    return {"seed": seed, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command,
-            "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                         "gymnasium": gymnasium.__version__, "stable_baselines3": stable_baselines3.__version__},
-            "machine": platform.platform()}
-
-
-def make_policy(graph: PruningGraph, model_spec: dict, counts: Mapping[int, int],
-                requested: Mapping[int, float] | None = None, kept=None, metrics: dict | None = None,
-                seed: int | None = None, command: str | None = None) -> Policy:
-    """A :class:`Policy` for ``counts`` (group space -> kept channels) over the prunable groups."""
-    decisions = []
-    for g in graph.prunable_groups:
-        n = counts.get(g.space, g.channels)
-        idx = kept.get(g.space) if kept else None
-        decisions.append(GroupDecision(g.name, g.channels, round(float((requested or {}).get(g.space, n / g.channels)), 6),
-                                       round(n / g.channels, 6), n, idx.tolist() if idx is not None else None))
-    return Policy(model_spec, list(graph.input_shape), fingerprint(graph), decisions, metrics or {},
-                  provenance(seed, command))
-
-
-def uniform_counts(graph: PruningGraph, ratio: float, round_to: int = 1, lbound: float = 0.0) -> dict[int, int]:
-    """The same preserve ratio for every prunable group."""
-    return {g.space: channels_for_ratio(ratio, g.channels, g.count_step(round_to), lbound) for g in graph.prunable_groups}
-
-
-def uniform_for_flops(graph: PruningGraph, target: float, round_to: int = 1, lbound: float = 0.0,
-                      steps: int = 40) -> tuple[float, dict[int, int]]:
-    """Largest uniform preserve ratio whose FLOPs are <= ``target`` x dense FLOPs (bisection).
-
-    Returns (ratio, counts). Raises :class:`AmcError` when even ``lbound`` cannot reach the target.
-    """
-    dense = flops_of(graph)
-    if not 0 < target <= 1:
-        raise AmcError(f"FLOPs target must be a ratio in (0, 1], got {target}")
-    lowest = flops_of(graph, uniform_counts(graph, lbound, round_to, lbound)) / dense
-    if lowest > target + 1e-12:
-        raise AmcError(f"FLOPs target {target:.3f} is unreachable: with every prunable group at the lower bound "
-                       f"{lbound} the model keeps {lowest:.3f} of its FLOPs")
-    lo, hi = lbound, 1.0
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        if flops_of(graph, uniform_counts(graph, mid, round_to, lbound)) / dense <= target:
-            lo = mid
-        else:
-            hi = mid
-    return lo, uniform_counts(graph, lo, round_to, lbound)
+                           f"and must keep a multiple of {g.blocks}")

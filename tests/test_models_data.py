@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from amc.checkpoint import load_weights, read_checkpoint
-from amc.data import DataConfig, load_splits, read_cifar, read_image_folder, split_indices, augment_cifar
+from amc.config import DataConfig
+from amc.data import augment_cifar, load_splits, read_cifar, read_image_folder, split_indices
 from amc.errors import AmcError
-from amc.models import ModelSpec, build_model, open_model, save_model
+from amc.io import load_weights, open_model, read_checkpoint, save_model
+from amc.models import ModelSpec, build_model
 
 
 @pytest.mark.parametrize("name,params", [("resnet20", 269_722), ("resnet56", 853_018), ("resnet32", 464_154),
@@ -106,13 +107,19 @@ def test_image_folder_reader(tmp_path):
 
 
 def test_split_is_deterministic_and_disjoint():
-    a_train, a_search = split_indices(100, 20, seed=3)
-    b_train, b_search = split_indices(100, 20, seed=3)
-    assert torch.equal(a_search, b_search) and torch.equal(a_train, b_train)
-    assert len(set(a_train.tolist()) | set(a_search.tolist())) == 100 and len(a_search) == 20
-    assert not torch.equal(split_indices(100, 20, seed=4)[1], a_search)
-    with pytest.raises(AmcError):
-        split_indices(10, 10, 0)
+    a = split_indices(100, 20, 8, seed=3)
+    b = split_indices(100, 20, 8, seed=3)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(set(a["train"].tolist()) | set(a["holdout"].tolist())) == 100 and len(a["holdout"]) == 20
+    assert set(a["search"].tolist()) <= set(a["holdout"].tolist()) and len(a["search"]) == 8
+    assert not set(a["train"].tolist()) & set(a["holdout"].tolist())
+    assert not torch.equal(split_indices(100, 20, 8, seed=4)["search"], a["search"])
+    # a longer search split of the same holdout extends the shorter one (same permutation prefix)
+    assert set(a["search"].tolist()) <= set(split_indices(100, 20, 12, seed=3)["search"].tolist())
+    with pytest.raises(AmcError, match="leaves no training images"):
+        split_indices(10, 10, 5, 0)
+    with pytest.raises(AmcError, match="must be part of the holdout"):
+        split_indices(100, 10, 11, 0)
 
 
 def test_load_splits_missing_dir_is_clear():

@@ -1,7 +1,6 @@
 """Plots and ``summary.md`` of a search run, regenerated from its files alone (``amc report``)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -12,15 +11,19 @@ import pandas as pd  # noqa: E402
 
 from amc.errors import AmcError  # noqa: E402
 
+from .store import RunStore  # noqa: E402
+
 
 def load_run(run: str | Path) -> tuple[pd.DataFrame, dict, dict]:
-    run = Path(run)
-    csv = run / "episodes.csv"
-    if not csv.is_file():
-        raise AmcError(f"{run} is not a search run folder (no episodes.csv)")
-    episodes = pd.read_csv(csv)
-    baselines = json.loads((run / "baselines.json").read_text()) if (run / "baselines.json").is_file() else {}
-    best = json.loads((run / "best_policy.json").read_text()) if (run / "best_policy.json").is_file() else {}
+    """(episodes, baselines, best policy as a dict) of a run folder."""
+    store = RunStore(run)
+    episodes = store.episodes()
+    if episodes.empty:
+        raise AmcError(f"{store.folder}/episodes.csv has no episodes")
+    best_path = store.folder / "best_policy.json"
+    best = store.best_policy().to_dict() if best_path.is_file() else {}
+    baselines = {name: {("macs_ratio" if k == "flops_ratio" else k): v for k, v in b.items()}  # runs before schema 2
+                 for name, b in store.baselines().items()}
     return episodes, baselines, best
 
 
@@ -58,15 +61,15 @@ def plot_best_ratios(best: dict, path: Path) -> Path:
     return path
 
 
-def plot_accuracy_vs_flops(episodes: pd.DataFrame, baselines: dict, path: Path) -> Path:
-    """Search-split top-1 against measured FLOPs ratio for every episode."""
+def plot_accuracy_vs_macs(episodes: pd.DataFrame, baselines: dict, path: Path) -> Path:
+    """Search-split top-1 against measured MACs ratio for every episode."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for phase, part in episodes.groupby("phase"):
-        ax.scatter(part.flops_ratio, part.top1, s=8, alpha=0.5, label=phase)
+        ax.scatter(part.macs_ratio, part.top1, s=8, alpha=0.5, label=phase)
     if "uniform" in baselines:
         u = baselines["uniform"]
-        ax.scatter([u["flops_ratio"]], [u["top1"]], marker="*", s=120, color="C3", label="uniform")
-    ax.set_xlabel("FLOPs ratio (measured on the compact model)")
+        ax.scatter([u["macs_ratio"]], [u["top1"]], marker="*", s=120, color="C3", label="uniform")
+    ax.set_xlabel("MACs ratio (measured on the compact model)")
     ax.set_ylabel("search-split top-1")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -82,21 +85,21 @@ def summary_text(episodes: pd.DataFrame, baselines: dict, best: dict) -> str:
     lines = ["# AMC search summary", "",
              f"- episodes: {len(episodes)} ({', '.join(f'{k}: {v}' for k, v in episodes.phase.value_counts().items())})",
              f"- best reward: {metrics.get('reward', float('nan')):.4f} at episode {metrics.get('episode')} "
-             f"(search-split top-1 {metrics.get('top1', float('nan')):.4f}, FLOPs ratio "
-             f"{metrics.get('flops_ratio', float('nan')):.4f}, params ratio {metrics.get('params_ratio', float('nan')):.4f})"]
+             f"(search-split top-1 {metrics.get('top1', float('nan')):.4f}, MACs ratio "
+             f"{metrics.get('macs_ratio', float('nan')):.4f}, params ratio {metrics.get('params_ratio', float('nan')):.4f})"]
     if "uniform" in baselines:
         u = baselines["uniform"]
         lines.append(f"- uniform policy (ratio {u['ratio']:.4f}): reward {u['reward']:.4f}, top-1 {u['top1']:.4f}, "
-                     f"FLOPs ratio {u['flops_ratio']:.4f}")
+                     f"MACs ratio {u['macs_ratio']:.4f}")
     rnd = episodes[episodes.phase.isin(["warm-up", "random"])]
     if len(rnd):
         lines.append(f"- best random episode ({len(rnd)} random episodes): reward {rnd.reward.max():.4f}")
-    lines.append(f"- FLOPs ratio over all episodes: max {episodes.flops_ratio.max():.4f} (target "
-                 f"{metrics.get('target')}, resource {metrics.get('resource')})")
+    lines.append(f"- MACs ratio over all episodes: max {episodes.macs_ratio.max():.4f} (target "
+                 f"{metrics.get('target')}, mode {metrics.get('mode')})")
     lines += ["", "Median seconds per episode: " + ", ".join(f"{c[:-2]} {v:.3f}" for c, v in medians.items()),
               f"Wall time: {episodes.elapsed_s.max():.0f} s", "",
               "Files: episodes.csv, best_policy.json, top_policies/, reward.png, best_policy_ratios.png, "
-              "accuracy_vs_flops.png. Apply the policy with `amc apply best_policy.json --checkpoint ... --out ...`."]
+              "accuracy_vs_macs.png. Apply the policy with `amc apply best_policy.json --checkpoint ... --out ...`."]
     return "\n".join(lines) + "\n"
 
 
@@ -105,7 +108,7 @@ def write_report(run: str | Path) -> list[Path]:
     run = Path(run)
     episodes, baselines, best = load_run(run)
     paths = [plot_reward(episodes, baselines, run / "reward.png"),
-             plot_accuracy_vs_flops(episodes, baselines, run / "accuracy_vs_flops.png")]
+             plot_accuracy_vs_macs(episodes, baselines, run / "accuracy_vs_macs.png")]
     if best:
         paths.append(plot_best_ratios(best, run / "best_policy_ratios.png"))
     (run / "summary.md").write_text(summary_text(episodes, baselines, best))

@@ -1,54 +1,28 @@
 """AMC's DDPG (and TD3/SAC by name) built from Stable-Baselines3 extension points.
 
-All agent defaults live in :class:`AgentConfig`. What differs from stock SB3:
+All agent defaults live in :class:`amc.config.AgentConfig`. What differs from stock SB3:
 
 - separate actor and critic learning rates (:class:`TwoLearningRates`, overriding SB3's
   ``_update_learning_rate`` hook);
-- truncated-normal exploration around the actor's action (:class:`~agents.noise.TruncatedNormalNoise`,
+- truncated-normal exploration around the actor's action (:class:`~amc_agents.noise.TruncatedNormalNoise`,
   applied through the ``_sample_action`` hook);
 - every transition stored with the episode's final reward minus a moving-average baseline
-  (:class:`~agents.buffer.EpisodeRewardReplayBuffer`).
+  (:class:`~amc_agents.buffer.EpisodeRewardReplayBuffer`).
 """
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from stable_baselines3 import DDPG, SAC, TD3
 from stable_baselines3.common.utils import update_learning_rate
 
+from amc.config import AgentConfig
 from amc.errors import AmcError
 
 from .buffer import EpisodeRewardReplayBuffer
 from .noise import TruncatedNormalNoise
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    """Agent settings (AMC paper / official code values).
-
-    hidden: sizes of the actor's and critic's two hidden layers (300, 300).
-    actor_lr / critic_lr: Adam learning rates (1e-4 / 1e-3).
-    tau: soft target update (0.01). batch_size: 64. gamma: discount (1.0).
-    buffer_per_group: replay capacity in episodes (capacity = this x number of groups transitions; 100).
-    warmup_episodes: episodes of uniform random actions without updates (100).
-    sigma: exploration σ in preserve-ratio units at the end of warm-up (0.5); sigma_decay: per
-    episode after warm-up (0.95). baseline_momentum: reward baseline update rate (0.5).
-    """
-
-    hidden: tuple[int, int] = (300, 300)
-    actor_lr: float = 1e-4
-    critic_lr: float = 1e-3
-    tau: float = 0.01
-    batch_size: int = 64
-    gamma: float = 1.0
-    buffer_per_group: int = 100
-    warmup_episodes: int = 100
-    sigma: float = 0.5
-    sigma_decay: float = 0.95
-    baseline_momentum: float = 0.5
 
 
 class TwoLearningRates:
@@ -84,8 +58,9 @@ class AMCSAC(TwoLearningRates, SAC):
 ALGORITHMS = {"ddpg": AMCDDPG, "td3": AMCTD3, "sac": AMCSAC}
 
 
-def make_agent(name: str, env, groups: int, cfg: AgentConfig, seed: int, device: str = "cpu"):
-    """An SB3 agent configured as AMC for an environment with ``groups`` steps per episode."""
+def make_sb3_agent(env, groups: int, cfg: AgentConfig, seed: int, device: str = "cpu"):
+    """An SB3 agent (``cfg.algorithm``) configured as AMC for an environment with ``groups`` steps per episode."""
+    name = cfg.algorithm
     if name not in ALGORITHMS:
         raise AmcError(f"unknown agent '{name}' (choose ddpg, td3, sac or random)")
     cls = ALGORITHMS[name]

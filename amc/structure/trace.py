@@ -1,22 +1,22 @@
-"""Structure discovery: which channels of a CNN must be pruned together.
+"""Structure discovery: trace a CNN with ``torch.fx`` and find which channels must be pruned together.
 
-The model is traced with ``torch.fx`` and an example input; every tensor with a channel dimension
-(dim 1) gets a *layout*: the list of channel spaces it is made of (one space normally, several after
-``torch.cat``; each channel may span ``mult`` features after flattening). Layers that only act per
-channel (BatchNorm, activations, pooling, depthwise convs, spatial slicing) pass the layout through;
-residual additions merge the spaces of their operands (union-find); a conv or linear with
-``groups=1`` consumes its input layout and produces a fresh space.
+The model is traced with an example input; every tensor with a channel dimension (dim 1) gets a
+layout of *channel spaces* (one normally, several after ``torch.cat``; each channel may span
+``mult`` features after flattening). Layers that only act per channel (BatchNorm, activations,
+pooling, depthwise convs, spatial slicing) pass the layout through; residual additions merge the
+spaces of their operands (union-find); a conv or linear with ``groups=1`` consumes its input
+layout and produces a fresh space. A grouped conv (1 < groups < channels) constrains the spaces it
+reads and writes to keep the same number of channels in each of its ``groups`` equal contiguous
+blocks. ``chunk(n)`` along channels folds a space into ``n`` copies of one smaller space (every
+piece keeps the same channels); ``split`` with explicit sizes cuts spaces at the piece boundaries
+(groups named ``producer[start:end]``) and pins them, the sizes being constants of the code.
 
-A :class:`ChannelGroup` is one merged space that some conv/linear produces: its producers'
-output channels, its followers' channels (BatchNorm, depthwise conv) and its consumers' input
-channels are removed together. A grouped conv (1 < groups < channels) constrains the spaces it reads
-and writes to keep the same number of channels in each of its ``groups`` equal contiguous blocks
-(:attr:`ChannelGroup.blocks`). ``chunk(n)`` along channels folds a space into ``n`` copies of one
-smaller space (every piece keeps the same channels); ``split`` with explicit sizes cuts spaces at
-the piece boundaries (groups named ``producer[start:end]``) and pins them, the sizes being constants.
 A group is *prunable* unless something it touches cannot be sliced (the model's input or output,
-an op the analysis does not know, channel padding such as the option-A shortcut of CIFAR ResNets, a
-module called twice) or the user pinned it; the reason is recorded instead of raising.
+an op the analysis does not know, channel padding such as the option-A shortcut of CIFAR ResNets,
+a module called twice) or the user pinned it; the reason is recorded instead of raising.
+
+The union-find's integer space ids are private to this module: :func:`trace` returns a
+:class:`~amc.structure.graph.DependencyGraph` whose layouts and groups are keyed by group name.
 """
 from __future__ import annotations
 
@@ -24,14 +24,16 @@ import fnmatch
 import itertools
 import math
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .errors import AmcError
+from ..errors import AmcError
+from .graph import ChannelGroup, DependencyGraph, Layer, Segment
+from .layers import BATCHNORM, CONV, DEPTHWISE, GROUPED, LINEAR, LayerKind
 
 PER_CHANNEL_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish,
                        nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Mish, nn.Dropout, nn.Dropout2d, nn.Identity,
@@ -47,59 +49,26 @@ SPLITS = {"split", "chunk", "split_with_sizes", "tensor_split"}
 
 
 @dataclass(frozen=True)
-class Segment:
-    """``length`` channels of channel space ``space``; each channel spans ``mult`` consecutive features."""
+class _Seg:
+    """``length`` channels of channel space ``space`` (an integer private to this module)."""
 
     space: int
     length: int
     mult: int = 1
 
 
-Layout = tuple[Segment, ...]
+_Layout = tuple[_Seg, ...]
 
 
 @dataclass
-class Layer:
-    """A conv, linear or BatchNorm module as it is called in the traced forward pass.
-
-    ``kind``: ``conv`` (groups=1), ``depthwise`` (groups = in = out channels), ``grouped`` (other
-    groups; sliced keeping equal counts per conv group), ``linear`` or ``bn``. ``out_hw``: output spatial size (1, 1 for linear).
-    """
-
+class _Layer:
     name: str
     module: nn.Module
-    kind: str
-    in_layout: Layout
-    out_layout: Layout
+    kind: LayerKind
+    in_layout: _Layout
+    out_layout: _Layout
     out_hw: tuple[int, int] = (1, 1)
     in_hw: tuple[int, int] = (1, 1)
-
-
-@dataclass
-class ChannelGroup:
-    """Channels that are pruned together; ``index`` is its position in forward order.
-
-    ``blocks``: the channels form this many equal contiguous blocks (grouped convs) and every block
-    must keep the same number of channels, so kept counts are multiples of ``blocks``.
-    """
-
-    index: int
-    name: str
-    channels: int
-    space: int
-    producers: list[str] = field(default_factory=list)
-    followers: list[str] = field(default_factory=list)
-    consumers: list[str] = field(default_factory=list)
-    reason: str | None = None  # why it is not prunable; None when it is
-    blocks: int = 1
-
-    @property
-    def prunable(self) -> bool:
-        return self.reason is None
-
-    def count_step(self, round_to: int = 1) -> int:
-        """Kept channel counts are multiples of this: ``round_to`` combined with :attr:`blocks`."""
-        return math.lcm(round_to, self.blocks)
 
 
 class _Spaces:
@@ -161,28 +130,26 @@ def _shape(node) -> tuple[int, ...] | None:
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
 
-class PruningGraph:
-    """Layers and channel groups of a model, found by tracing it on an input of ``input_shape`` (C, H, W).
+def trace(model: nn.Module, input_shape: Sequence[int], exclude: Sequence[str] = ()) -> DependencyGraph:
+    """Layers and channel groups of ``model``, found by tracing it on one input of ``input_shape`` (C, H, W).
 
-    Arguments:
-        model: the network (not modified; traced in eval mode on the CPU).
-        input_shape: one example's shape, e.g. ``(3, 32, 32)``.
-        exclude: glob patterns of module names whose groups must not be pruned; a pattern that
-            matches no conv/linear/BN module is an error.
+    ``model`` is not modified (traced in eval mode on its device). ``exclude``: glob patterns of
+    module names whose groups must not be pruned; a pattern that matches no conv/linear/BN layer
+    is an :class:`~amc.errors.AmcError`, and so is a model that fx cannot trace or run.
     """
+    return _Tracer(model, tuple(int(s) for s in input_shape)).graph(exclude)
 
-    def __init__(self, model: nn.Module, input_shape: Sequence[int], exclude: Sequence[str] = ()):
-        self.input_shape = tuple(int(s) for s in input_shape)
+
+class _Tracer:
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...]):
+        self.input_shape = input_shape
         self.spaces = _Spaces()
-        self.layers: list[Layer] = []
-        self._layouts: dict[fx.Node, Layout] = {}
-        self._pieces: dict[fx.Node, list[Layout]] = {}  # outputs of split/chunk along channels
+        self.layers: list[_Layer] = []
+        self._layouts: dict[fx.Node, _Layout] = {}
+        self._pieces: dict[fx.Node, list[_Layout]] = {}  # outputs of split/chunk along channels
         self._calls: dict[str, int] = {}
         self.fixed_params = 0
         self._trace(model)
-        self.groups = self._collect_groups()
-        self._apply_exclusions(exclude)
-        self.layer_by_name = {layer.name: layer for layer in self.layers}
 
     # ------------------------------------------------------------ tracing
     def _trace(self, model: nn.Module) -> None:
@@ -203,12 +170,8 @@ class PruningGraph:
             except Exception as exc:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise AmcError(f"model does not run on input shape {self.input_shape}: {first}") from None
-        self.modules = dict(model.named_modules())
-        counted = set()
         for node in gm.graph.nodes:
             self._visit(node, gm)
-            if node.op == "call_module":
-                counted.add(node.target)
         self.fixed_params = sum(p.numel() for n, m in model.named_modules() if not isinstance(
             m, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)) for p in m.parameters(recurse=False))
         for name, count in self._calls.items():
@@ -218,13 +181,13 @@ class PruningGraph:
                         for seg in layer.in_layout + layer.out_layout:
                             self.spaces.block(seg.space, f"module '{name}' is called {count} times")
 
-    def _fresh(self, node: fx.Node, reason: str | None = None) -> Layout | None:
+    def _fresh(self, node: fx.Node, reason: str | None = None) -> _Layout | None:
         shape = _shape(node)
         if shape is None or len(shape) < 2:
             return None
-        return (Segment(self.spaces.new(shape[1], reason), shape[1]),)
+        return (_Seg(self.spaces.new(shape[1], reason), shape[1]),)
 
-    def _unsupported(self, node: fx.Node, inputs: list[Layout], why: str) -> Layout | None:
+    def _unsupported(self, node: fx.Node, inputs: list[_Layout], why: str) -> _Layout | None:
         for layout in inputs:
             for seg in layout:
                 self.spaces.block(seg.space, why)
@@ -270,7 +233,7 @@ class PruningGraph:
         if layout is not None:
             self._layouts[node] = layout
 
-    def _visit_module(self, node: fx.Node, module: nn.Module, inputs: list[Layout]) -> Layout | None:
+    def _visit_module(self, node: fx.Node, module: nn.Module, inputs: list[_Layout]) -> _Layout | None:
         name = str(node.target)
         self._calls[name] = self._calls.get(name, 0) + 1
         x = inputs[0] if inputs else ()
@@ -280,10 +243,10 @@ class PruningGraph:
             in_hw = (in_shape[2], in_shape[3])
             if module.groups == 1:
                 out = self._fresh(node)
-                self.layers.append(Layer(name, module, "conv", x, out, hw, in_hw))
+                self.layers.append(_Layer(name, module, CONV, x, out, hw, in_hw))
                 return out
             if module.groups == module.in_channels == module.out_channels:
-                self.layers.append(Layer(name, module, "depthwise", x, x, hw, in_hw))
+                self.layers.append(_Layer(name, module, DEPTHWISE, x, x, hw, in_hw))
                 return x
             return self._grouped_conv(node, name, module, x, hw, in_hw)
         if isinstance(module, nn.Linear):
@@ -291,10 +254,10 @@ class PruningGraph:
             if len(shape) != 2 or _features(x) != module.in_features or in_shape is None or len(in_shape) != 2:
                 return self._unsupported(node, inputs, f"linear '{name}' applied to a {len(shape)}-d tensor")
             out = self._fresh(node)
-            self.layers.append(Layer(name, module, "linear", x, out))
+            self.layers.append(_Layer(name, module, LINEAR, x, out))
             return out
         if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            self.layers.append(Layer(name, module, "bn", x, x))
+            self.layers.append(_Layer(name, module, BATCHNORM, x, x))
             return x
         if isinstance(module, PER_CHANNEL_MODULES) and _channels_kept(node):
             if isinstance(module, nn.PReLU) and module.num_parameters > 1:
@@ -304,7 +267,7 @@ class PruningGraph:
             return self._reshape(node, inputs)
         return self._unsupported(node, inputs, f"unsupported module '{name}' ({type(module).__name__})")
 
-    def _grouped_conv(self, node: fx.Node, name: str, module: nn.Conv2d, x: Layout, hw, in_hw) -> Layout | None:
+    def _grouped_conv(self, node: fx.Node, name: str, module: nn.Conv2d, x: _Layout, hw, in_hw) -> _Layout | None:
         """A conv with 1 < groups: input and output spaces keep equal counts per conv group."""
         g = module.groups
         if len(x) != 1 or x[0].mult != 1:
@@ -315,10 +278,10 @@ class PruningGraph:
             out = self._fresh(node)
             self.spaces.constrain(x[0].space, g)
             self.spaces.constrain(out[0].space, g)
-        self.layers.append(Layer(name, module, "grouped", x, out, hw, in_hw))
+        self.layers.append(_Layer(name, module, GROUPED, x, out, hw, in_hw))
         return out
 
-    def _split(self, node: fx.Node, arg: fx.Node, layout: Layout) -> list[Layout] | None:
+    def _split(self, node: fx.Node, arg: fx.Node, layout: _Layout) -> list[_Layout] | None:
         """Layouts of the pieces of a split/chunk along channels, or None if it is not one we can follow.
 
         ``chunk(n)`` sizes its pieces from the tensor, so the chunked space is folded into one space
@@ -340,7 +303,7 @@ class PruningGraph:
             if len(layout) != 1 or seg.mult != 1 or len(set(sizes)) != 1 or len(self.spaces.members(seg.space)) > 1 \
                     or self.spaces.blocks.get(seg.space, 1) > 1:
                 return None
-            piece = Segment(self.spaces.new(sizes[0], self.spaces.reason.get(seg.space)), sizes[0])
+            piece = _Seg(self.spaces.new(sizes[0], self.spaces.reason.get(seg.space)), sizes[0])
             self._replace_space(seg.space, (piece,) * len(sizes))
             return [(piece,)] * len(sizes)
         for seg in layout:
@@ -360,8 +323,8 @@ class PruningGraph:
             if seg.mult != 1 or len(self.spaces.members(seg.space)) > 1:
                 return None
             reason = self.spaces.reason.get(seg.space)
-            self._replace_space(seg.space, (Segment(self.spaces.new(at, reason), at),
-                                            Segment(self.spaces.new(seg.length - at, reason), seg.length - at)))
+            self._replace_space(seg.space, (_Seg(self.spaces.new(at, reason), at),
+                                            _Seg(self.spaces.new(seg.length - at, reason), seg.length - at)))
             layout = self._layouts[arg]
         pieces, current, offset = [], [], 0
         for seg in layout:
@@ -372,9 +335,9 @@ class PruningGraph:
                 current = []
         return pieces
 
-    def _replace_space(self, space: int, segments: Layout) -> None:
+    def _replace_space(self, space: int, segments: _Layout) -> None:
         """Replace every segment of ``space`` (a space with no merged partners) by ``segments`` in all layouts so far."""
-        def rewrite(lay: Layout) -> Layout:
+        def rewrite(lay: _Layout) -> _Layout:
             return tuple(part for seg in lay for part in (segments if seg.space == space else (seg,)))
 
         for node, lay in self._layouts.items():
@@ -384,8 +347,8 @@ class PruningGraph:
         for layer in self.layers:
             layer.in_layout, layer.out_layout = rewrite(layer.in_layout), rewrite(layer.out_layout)
 
-    def _visit_function(self, node: fx.Node, args: list[fx.Node], inputs: list[Layout],
-                        shape: tuple[int, ...]) -> Layout | None:
+    def _visit_function(self, node: fx.Node, args: list[fx.Node], inputs: list[_Layout],
+                        shape: tuple[int, ...]) -> _Layout | None:
         fname = _name_of(node)
         if not inputs:
             return self._fresh(node)
@@ -417,7 +380,7 @@ class PruningGraph:
             return self._unsupported(node, inputs, f"channel zero-padding (pad={tuple(pad)}, e.g. option-A shortcut)")
         return self._unsupported(node, inputs, f"unsupported op '{fname}'")
 
-    def _arithmetic(self, node: fx.Node, args: list[fx.Node], inputs: list[Layout]) -> Layout | None:
+    def _arithmetic(self, node: fx.Node, args: list[fx.Node], inputs: list[_Layout]) -> _Layout | None:
         shapes = [_shape(a) for a in args]
         out_shape = _shape(node)
         if len(inputs) == 1:
@@ -432,99 +395,75 @@ class PruningGraph:
             self.spaces.union(sa.space, sb.space)
         return a
 
-    def _reshape(self, node: fx.Node, inputs: list[Layout]) -> Layout | None:
+    def _reshape(self, node: fx.Node, inputs: list[_Layout]) -> _Layout | None:
         in_shape = _shape(node.args[0])
         out_shape = _shape(node)
         if in_shape and out_shape and len(out_shape) == 2 and out_shape[0] == in_shape[0] \
                 and out_shape[1] == math.prod(in_shape[1:]):
             mult = math.prod(in_shape[2:])
-            return tuple(Segment(s.space, s.length, s.mult * mult) for s in inputs[0])
+            return tuple(_Seg(s.space, s.length, s.mult * mult) for s in inputs[0])
         if in_shape == out_shape:
             return inputs[0]
         return self._unsupported(node, inputs, f"reshape from {in_shape} to {out_shape}")
 
     # ------------------------------------------------------------ groups
-    def _collect_groups(self) -> list[ChannelGroup]:
+    def graph(self, exclude: Sequence[str]) -> DependencyGraph:
+        """The public graph: spaces become group names, layouts name their groups."""
         by_root: dict[int, ChannelGroup] = {}
-        order: list[int] = []
         for layer in self.layers:
-            if layer.kind in ("conv", "linear", "grouped"):
-                offset = 0
-                several = len({self.spaces.find(seg.space) for seg in layer.out_layout}) > 1
-                for seg in layer.out_layout:
-                    root = self.spaces.find(seg.space)
-                    if root not in by_root:
-                        name = f"{layer.name}[{offset}:{offset + seg.length}]" if several else layer.name
-                        by_root[root] = ChannelGroup(0, name, self.spaces.length[root], root,
-                                                     blocks=self.spaces.blocks.get(root, 1))
-                        order.append(root)
-                    if layer.name not in by_root[root].producers:
-                        by_root[root].producers.append(layer.name)
-                    offset += seg.length
-        for layer in self.layers:
-            roles = {"conv": "consumers", "linear": "consumers", "grouped": "consumers",
-                     "depthwise": "followers", "bn": "followers"}
+            if layer.kind.role != "producer":
+                continue
+            offset = 0
+            several = len({self.spaces.find(seg.space) for seg in layer.out_layout}) > 1
+            for seg in layer.out_layout:
+                root = self.spaces.find(seg.space)
+                if root not in by_root:
+                    name = f"{layer.name}[{offset}:{offset + seg.length}]" if several else layer.name
+                    by_root[root] = ChannelGroup(len(by_root), name, self.spaces.length[root],
+                                                 blocks=self.spaces.blocks.get(root, 1))
+                    by_root[root].reason = self.spaces.why(root)
+                if layer.name not in by_root[root].producers:
+                    by_root[root].producers.append(layer.name)
+                offset += seg.length
+
+        def name(space: int) -> str:
+            root = self.spaces.find(space)
+            return by_root[root].name if root in by_root else f"~{root}"
+
+        def public(layout: _Layout) -> tuple[Segment, ...]:
+            return tuple(Segment(name(s.space), s.length, s.mult) for s in layout)
+
+        layers = [Layer(la.name, la.module, la.kind, public(la.in_layout), public(la.out_layout), la.out_hw, la.in_hw)
+                  for la in self.layers]
+        by_name = {g.name: g for g in by_root.values()}
+        for layer in layers:
+            role = "consumers" if layer.kind.role == "producer" else "followers"
             for seg in layer.in_layout:
-                group = by_root.get(self.spaces.find(seg.space))
-                if group is not None and layer.name not in getattr(group, roles[layer.kind]):
-                    getattr(group, roles[layer.kind]).append(layer.name)
-        groups = [by_root[r] for r in order]
-        for i, g in enumerate(groups):
-            g.index = i
-            g.reason = self.spaces.why(g.space)
+                group = by_name.get(seg.group)
+                if group is not None and layer.name not in getattr(group, role):
+                    getattr(group, role).append(layer.name)
+        groups = list(by_root.values())
+        for g in groups:
             if g.reason is None and g.channels % g.blocks:
                 g.reason = f"grouped convs need {g.blocks} equal blocks of its {g.channels} channels"
             if g.reason is None and not g.consumers:
                 g.reason = "no consumer layer"
-        return groups
-
-    def _apply_exclusions(self, patterns: Sequence[str]) -> None:
-        names = [layer.name for layer in self.layers]
-        for pattern in patterns:
-            if not fnmatch.filter(names, pattern):
-                raise AmcError(f"exclude pattern '{pattern}' matches no conv, linear or BatchNorm layer "
-                               f"(layer names look like: {', '.join(names[:4])})")
-            for g in self.groups:
-                if g.prunable and any(fnmatch.fnmatch(n, pattern) for n in g.producers + g.followers):
-                    g.reason = f"excluded by pattern '{pattern}'"
-
-    # ------------------------------------------------------------ queries
-    @property
-    def prunable_groups(self) -> list[ChannelGroup]:
-        return [g for g in self.groups if g.prunable]
-
-    def root(self, segment: Segment) -> int:
-        return self.spaces.find(segment.space)
-
-    def group_of_space(self) -> dict[int, ChannelGroup]:
-        return {g.space: g for g in self.groups}
-
-    def layout_width(self, layout: Layout, counts: dict[int, int] | None = None) -> int:
-        """Features of a tensor with this layout when group ``space -> kept channels`` as in ``counts``."""
-        counts = counts or {}
-        return sum(counts.get(self.root(s), s.length) * s.mult for s in layout)
-
-    def layout_indices(self, layout: Layout, kept: dict[int, torch.Tensor]) -> torch.Tensor:
-        """Indices of the features that survive when group ``space`` keeps channel indices ``kept[space]``."""
-        parts, offset = [], 0
-        for seg in layout:
-            idx = kept.get(self.root(seg), torch.arange(seg.length))
-            feat = (idx.view(-1, 1) * seg.mult + torch.arange(seg.mult)).flatten()
-            parts.append(feat + offset)
-            offset += seg.length * seg.mult
-        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
-
-    def feature_to_channel(self, layout: Layout, space: int) -> list[tuple[int, int, int]]:
-        """(offset, length, mult) of each segment of ``layout`` that belongs to group ``space``."""
-        out, offset = [], 0
-        for seg in layout:
-            if self.root(seg) == space:
-                out.append((offset, seg.length, seg.mult))
-            offset += seg.length * seg.mult
-        return out
+        _apply_exclusions(layers, groups, exclude)
+        return DependencyGraph(self.input_shape, layers, groups, self.fixed_params)
 
 
-def _features(layout: Layout) -> int:
+def _apply_exclusions(layers: list[Layer], groups: list[ChannelGroup], patterns: Sequence[str]) -> None:
+    names = [layer.name for layer in layers]
+    for pattern in patterns:
+        if not fnmatch.filter(names, pattern):
+            raise AmcError(f"exclude pattern '{pattern}' matches no conv, linear or BatchNorm layer "
+                           f"(layer names look like: {', '.join(names[:4])})")
+        for g in groups:
+            if g.prunable and any(fnmatch.fnmatch(n, pattern) for n in g.producers + g.followers):
+                g.reason = f"excluded by pattern '{pattern}'"
+
+
+def _features(layout: _Layout) -> int:
     return sum(s.length * s.mult for s in layout)
 
 

@@ -1,4 +1,6 @@
-"""Least-squares weight reconstruction of a consumer layer after its input channels are pruned.
+"""Recovery after pruning: least-squares reconstruction of consumers and BatchNorm recalibration.
+
+Least squares (AMC's channel-pruning step):
 
 Given the Gram matrix G = X^T X of the layer's dense input samples X (im2col columns for convs),
 the weights W' over the kept columns K that best reproduce the dense outputs Y = X W^T solve
@@ -10,7 +12,12 @@ the weights W' over the kept columns K that best reproduce the dense outputs Y =
 """
 from __future__ import annotations
 
+from typing import Iterable, Mapping
+
 import torch
+from torch import nn
+
+from ..structure import DependencyGraph, Kept
 
 
 def kept_columns(in_features_kept: torch.Tensor, kernel_positions: int) -> torch.Tensor:
@@ -42,3 +49,51 @@ def least_squares_weight(weight: torch.Tensor, gram: torch.Tensor, kept_in: torc
         b = g[cols][:, dense_cols] @ w2d.T
         solved.append(torch.linalg.solve(a, b).T)
     return torch.cat(solved).to(weight.dtype).reshape(out_c, kept_per_group.shape[1], *weight.shape[2:])
+
+
+def reconstruct(small: nn.Module, dense_modules: Mapping[str, nn.Module], graph: DependencyGraph, kept: Kept,
+                gram: Mapping[str, torch.Tensor], ridge: float = 1e-4) -> None:
+    """Refit, in place, the weights of ``small``'s layers that read a pruned group (least squares).
+
+    ``dense_modules``: the dense model's modules by name; ``gram``: Gram matrices of the dense
+    consumers' inputs (:func:`amc.calibration.collect_stats` with ``Needs.GRAM``).
+    """
+    modules = dict(small.named_modules())
+    touched = sorted({c for name in kept for c in graph.group[name].consumers})
+    for name in touched:
+        layer = graph.layer[name]
+        in_idx = graph.feature_index(layer.in_layout, kept)
+        out_idx = graph.feature_index(layer.out_layout, kept)
+        dense = dense_modules[name]
+        weight = least_squares_weight(dense.weight, gram[name], in_idx, ridge, getattr(dense, "groups", 1))
+        with torch.no_grad():
+            modules[name].weight.copy_(weight.index_select(0, out_idx.to(weight.device)))
+
+
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Re-estimate BatchNorm running statistics on ``batches`` (cumulative average); returns batches used.
+
+    Only BatchNorm layers switch to training mode; weights are not touched.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    saved = [(m.momentum, m.training) for m in bns]
+    was_training = model.training
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    used = 0
+    try:
+        with torch.no_grad():
+            for x in batches:
+                model(x)
+                used += 1
+    finally:
+        for m, (momentum, training) in zip(bns, saved):
+            m.momentum = momentum
+            m.train(training)
+        model.train(was_training)
+    return used

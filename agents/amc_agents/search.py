@@ -1,0 +1,179 @@
+"""The search loop: run an agent on the AMC environment, record every episode, keep the best policies, resume exactly.
+
+:class:`SearchRunner` owns the episode bookkeeping (episode rows, the top-k, the uniform baseline,
+checkpoints before every episode) and nothing else: the environment prunes and scores, the agent
+(:mod:`amc_agents.agent`) acts, the :class:`~amc_agents.store.RunStore` writes the files.
+:func:`run_search` builds all of them from one :class:`~amc.config.SearchConfig`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from amc.config import SearchConfig, differences, replace
+from amc.errors import AmcError
+from amc.policy import Policy
+from amc_envs import ChannelPruningEnv, EpisodeResult, PruningTask, open_task
+
+from .agent import make_agent
+from .ddpg import rng_state, set_rng_state
+from .store import RunStore
+
+
+@dataclass
+class EpisodeRecord:
+    """One finished episode as the runner keeps it (also the top-k entries)."""
+
+    episode: int
+    reward: float
+    result: EpisodeResult
+
+
+Progress = Callable[[dict], None]  # called with each episode's row (and the best reward so far)
+
+# settings that may differ when a run is resumed (documented in the README)
+RESUMABLE_CHANGES = ("episodes", "device", "threads")
+
+
+class SearchRunner:
+    """Runs (or continues) the search of ``cfg`` on ``task``, writing into ``store``.
+
+    ``progress``: called once per finished episode with its CSV row (the CLI draws a bar or logs a line).
+    """
+
+    def __init__(self, task: PruningTask, cfg: SearchConfig, store: RunStore, progress: Progress | None = None):
+        self.task, self.cfg, self.store, self.progress = task, cfg, store, progress
+        if cfg.episodes < 1 or cfg.top_k < 1:
+            raise AmcError(f"episodes and top_k must be at least 1, got {cfg.episodes} and {cfg.top_k}")
+        torch.manual_seed(cfg.seed)
+        self.env = ChannelPruningEnv(task, cfg.env)
+        self.groups = self.env.groups
+        self.agent = make_agent(cfg.agent, self.env, cfg.seed, cfg.device)
+        self.episode = 0
+        self.top: list[EpisodeRecord] = []
+        self.elapsed_before = 0.0
+        self.started = time.time()
+        self._episode_start = time.perf_counter()
+
+    # ------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"episode": self.episode, "top": self.top, "rng": rng_state(), "agent": self.agent.state_dict(),
+                "elapsed": self.elapsed_before + time.time() - self.started}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.episode, self.top, self.elapsed_before = state["episode"], state["top"], state["elapsed"]
+        self.agent.load_state_dict(state["agent"])
+        set_rng_state(state["rng"])
+        self.store.truncate_episodes(self.episode)
+        self.store.write_policies([self.policy(r) for r in self.top])
+
+    def _checkpoint(self) -> int:
+        self.store.save_state(self.state_dict())
+        return self.episode
+
+    # ------------------------------------------------------------ policies
+    def policy(self, record: EpisodeRecord) -> Policy:
+        """The policy file of an episode: its counts, kept indices and everything that rebuilds its model."""
+        r = record.result
+        metrics = {"reward": r.reward, **r.metrics, **{f"{k}_ratio": v for k, v in r.cost_ratio.items()},
+                   "episode": record.episode, "search_split_images": len(self.task.search_labels),
+                   "target": self.cfg.env.target, "mode": self.cfg.env.mode, "method": self.cfg.agent.algorithm}
+        cost = self.env.budget.cost
+        return Policy.build(self.task.graph, r.keep, model={**self.task.spec.to_dict(), "exclude": list(self.cfg.model.exclude)},
+                            kept={k: torch.tensor(v) for k, v in r.kept.items()}, requested=r.requested,
+                            cost={"name": cost.name, "definition": cost.definition}, prune=self.task.prune_config,
+                            calibration=self.task.calibration, data=self.task.data, metrics=metrics, seed=self.cfg.seed)
+
+    # ------------------------------------------------------------ episodes
+    def record(self, result: EpisodeResult) -> None:
+        """Called once per finished episode."""
+        self.episode += 1
+        now = time.perf_counter()
+        env_time = sum(result.timings.values())
+        row = {"episode": self.episode, "phase": self.agent.phase(self.episode), "reward": result.reward,
+               **result.metrics, **{f"{k}_ratio": v for k, v in result.cost_ratio.items()}, "sigma": self.agent.sigma(),
+               **{f"ratio:{g.name}": result.executed[g.name] for g in self.groups},
+               **{f"{k}_s": v for k, v in result.timings.items()},
+               "agent_s": max(0.0, now - self._episode_start - env_time), "episode_s": now - self._episode_start,
+               "elapsed_s": self.elapsed_before + time.time() - self.started,
+               "wall_clock": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self._episode_start = now
+        self.store.append_episode(row)
+        improved = not self.top or result.reward > self.top[0].reward
+        self.top = sorted(self.top + [EpisodeRecord(self.episode, result.reward, result)],
+                          key=lambda e: (-e.reward, e.episode))[:self.cfg.top_k]
+        if any(e.episode == self.episode for e in self.top):
+            self.store.write_policies([self.policy(r) for r in self.top])
+        best = self.top[0].reward
+        self.store.log(f"heartbeat episode {self.episode}/{self.cfg.episodes} reward {result.reward:.4f} best {best:.4f} "
+                       f"macs {result.cost_ratio.get('macs', float('nan')):.3f} {row['episode_s']:.2f}s"
+                       + (" (new best)" if improved else ""))
+        if self.progress is not None:
+            self.progress({**row, "best_reward": best})
+
+    def run_baselines(self) -> None:
+        """Score the uniform policy at the same budget once per run (``baselines.json``, ``uniform_policy.json``)."""
+        if "uniform" in self.store.baselines():
+            return
+        budget = self.env.budget
+        if self.cfg.env.mode == "constrained":
+            ratio, keep = budget.uniform()
+        else:
+            ratio, keep = 1.0, {g.name: g.channels for g in self.groups}
+        result = self.env.evaluate(keep, {g: ratio for g in keep})
+        record = {"ratio": ratio, "reward": result.reward, **result.metrics,
+                  **{f"{k}_ratio": v for k, v in result.cost_ratio.items()}}
+        policy = self.policy(EpisodeRecord(0, result.reward, result))
+        policy.metrics["method"] = "uniform"
+        self.store.write_baseline("uniform", record, policy)
+
+    def run(self) -> EpisodeRecord:
+        """Run until ``cfg.episodes`` episodes are recorded; returns the best one."""
+        self.run_baselines()
+        remaining = self.cfg.episodes - self.episode
+        self.store.log(f"start: {remaining} episodes to go ({self.episode} done), agent {self.cfg.agent.algorithm}")
+        self._episode_start = time.perf_counter()
+        if remaining > 0:
+            self.agent.run(self.env, remaining, self.record, self._checkpoint)
+        self._checkpoint()
+        self.store.log(f"done: {self.episode} episodes, best reward {self.top[0].reward:.4f}")
+        return self.top[0]
+
+
+def run_search(cfg: SearchConfig, folder: str | Path, *, resume: bool = False, progress: Progress | None = None,
+               task: PruningTask | None = None) -> tuple[EpisodeRecord, RunStore]:
+    """Start a search of ``cfg`` in ``folder``, or continue the one there (``resume``).
+
+    On resume the stored config is used; ``cfg`` may only change the settings in
+    :data:`RESUMABLE_CHANGES` (any other difference is an :class:`AmcError` listing them).
+    ``task``: a prebuilt task for ``cfg`` (else opened from the model and data configs).
+    """
+    if resume:
+        store = RunStore.open(folder)
+        stored = store.config()
+        changed = [d for d in differences(stored, cfg) if d.split(":")[0] not in RESUMABLE_CHANGES]
+        if changed:
+            raise AmcError(f"--resume with different settings: {'; '.join(changed)} (only {', '.join(RESUMABLE_CHANGES)} "
+                           "may change)")
+        cfg = replace(stored, episodes=cfg.episodes, device=cfg.device, threads=cfg.threads)
+        store.write_config(cfg)
+    else:
+        store = RunStore.create(folder, cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if task is None:
+        if not cfg.model.name and not cfg.model.checkpoint:
+            raise AmcError("give --model (and usually --checkpoint) or a --config that names them")
+        task = open_task(cfg.model, cfg.data, cfg.calibration, cfg.prune, cfg.device)
+    runner = SearchRunner(task, cfg, store, progress)
+    if resume:
+        state = store.load_state()
+        if state["episode"] > cfg.episodes:
+            raise AmcError(f"the run already has {state['episode']} episodes, more than --episodes {cfg.episodes}")
+        runner.load_state_dict(state)
+    return runner.run(), store
+

@@ -1,0 +1,41 @@
+"""The ``amc`` command line: ``amc --help`` lists the commands, each with its own ``--help``.
+
+The composition root: each command module translates flags into config objects
+(:mod:`amc.cli.args`) and calls the library. Errors in the user's input print one line
+(``amc: error: ...``) and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import AmcError
+from . import apply, demo, evaluate, inspect, report, search, train, uniform
+
+COMMANDS = (train, evaluate, inspect, uniform, search, apply, report, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="amc", description="AutoML for Model Compression: search per-layer "
+                                     "channel-pruning policies and prune CNNs for real. Preserve ratio = fraction "
+                                     "of a group's channels kept; MACs = multiply-accumulates per example.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except AmcError as exc:
+        print(f"amc: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("amc: interrupted", file=sys.stderr)
+        return 130

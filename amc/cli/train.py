@@ -1,0 +1,69 @@
+"""``amc train``: train a model from scratch or fine-tune a checkpoint (resumable)."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..config import DataConfig, ModelConfig, TrainConfig, from_dict, replace, to_dict
+from ..errors import AmcError
+from ..io import atomic_write_text
+from ..models import ModelSpec, build_model, default_input_shape
+from ..training import train
+from .args import add_flags, add_model_arg, section
+from .common import open_from_args, splits_for
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a model from scratch or fine-tune a checkpoint")
+    add_model_arg(p)
+    add_flags(p, "model", "data", "train", "run", skip=("--exclude", "--episodes", "--top-k"))
+    p.add_argument("--out", default="results/train", help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    saved = out / "train_config.yaml"
+    if args.resume:
+        if not saved.is_file():
+            raise AmcError(f"nothing to resume in {out} (no train_config.yaml)")
+        stored = yaml.safe_load(saved.read_text())
+        model_cfg = from_dict(ModelConfig, stored["model"], str(saved))
+        data_cfg = from_dict(DataConfig, stored["data"], str(saved))
+        cfg = from_dict(TrainConfig, stored["train"], str(saved))
+    else:
+        model_cfg, data_cfg = section(args, "model"), section(args, "data")
+        cfg = replace(section(args, "train"), seed=args.seed)
+    if cfg.epochs < 1 or cfg.batch_size < 1 or not cfg.lr > 0:
+        raise AmcError(f"epochs and batch size must be positive and lr > 0, got {cfg.epochs}, {cfg.batch_size}, {cfg.lr}")
+    if model_cfg.checkpoint:
+        model, spec, _ = open_from_args(args, model_cfg)
+    else:
+        if not model_cfg.name:
+            raise AmcError("give a model name to train from scratch, or --checkpoint to fine-tune")
+        classes = model_cfg.num_classes or (100 if data_cfg.dataset == "cifar100" else 10)
+        spec = ModelSpec(model_cfg.name, classes, tuple(model_cfg.input_shape or default_input_shape(model_cfg.name)))
+        model = build_model(spec)
+    data = splits_for(data_cfg, spec, ("train", "test"))
+    if not args.resume:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(yaml.safe_dump({"model": to_dict(model_cfg), "data": to_dict(data_cfg), "train": to_dict(cfg)},
+                                         sort_keys=False), saved)
+    torch.manual_seed(cfg.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    from ..data import normalization  # noqa: PLC0415
+    history = train(model, spec, data["train"], data["test"], normalization(data_cfg), cfg, out, resume=args.resume,
+                    device=args.device or "cpu", log=None if args.quiet else print, bar=not args.quiet)
+    last = history.iloc[-1]
+    print(f"trained {spec.name} for {cfg.epochs} epochs in {time.perf_counter() - started:.0f} s; "
+          f"test top-1 {last.get('val_top1', float('nan')):.4f}")
+    print(f"checkpoint: {out / 'model.pt'}  metrics: {out / 'metrics.csv'}")
+    return 0

@@ -1,0 +1,35 @@
+"""``amc uniform``: write the uniform-ratio policy that meets a cost target."""
+from __future__ import annotations
+
+import argparse
+
+from ..api import uniform_policy
+from ..errors import AmcError
+from .args import add_flags, add_model_arg, command_line, section
+from .common import open_from_args
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("uniform", help="write the uniform-ratio policy that meets a MACs or params target")
+    add_model_arg(p)
+    add_flags(p, "model", "prune", "calibration", "data")
+    add_flags(p, "env", skip=("--mode", "--rbound", "--metric", "--reward-scale"), required=("--target",))
+    p.add_argument("--out", required=True, help="policy JSON to write")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    model_cfg, env = section(args, "model"), section(args, "env")
+    model, spec, _ = open_from_args(args, model_cfg)
+    if args.out in {model_cfg.checkpoint}:
+        raise AmcError(f"--out {args.out} is the input checkpoint; choose another file")
+    policy = uniform_policy(model, spec.input_shape, env.target, env.cost, round_to=env.round_to, lbound=env.lbound,
+                            exclude=model_cfg.exclude, prune=section(args, "prune"), model_spec=spec.to_dict())
+    policy.calibration = section(args, "calibration")
+    policy.data = section(args, "data") if args.dataset else None
+    policy.provenance["command"] = command_line()
+    policy.save(args.out)
+    name = policy.cost["name"]
+    print(f"uniform preserve ratio {policy.metrics['uniform_ratio']:.4f} keeps {policy.metrics[f'{name}_ratio']:.4f} "
+          f"of the {name}; policy: {args.out}")
+    return 0

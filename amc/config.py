@@ -1,0 +1,239 @@
+"""Every configuration object of amc, one per concern, with its defaults stated once, here.
+
+Commands, the library and the search all build these objects; the CLI's flags default to
+``None`` and only override fields that were given. Each object turns into a plain dict (for YAML
+run files and policy files) with :func:`to_dict` and back with :func:`from_dict`, which refuses
+unknown keys. This module imports nothing heavy (no torch).
+
+Units: a **preserve ratio** is the fraction of a group's channels that is kept (1.0 = unpruned);
+``target`` is the fraction of the dense model's cost that may remain (0.5 = half the MACs).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import AmcError
+
+DEFAULT_MEAN = (0.485, 0.456, 0.406)
+DEFAULT_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What to prune.
+
+    name: registry name (``resnet20``), ``torchvision:NAME`` or ``package.module:factory`` (which
+    imports and runs that user code). checkpoint: weights file. num_classes: classifier outputs
+    (None: from the checkpoint, else 10). input_shape: one example's (C, H, W) (None: the
+    model's default). exclude: glob patterns of layers whose channel groups stay unpruned.
+    """
+
+    name: str | None = None
+    checkpoint: str | None = None
+    num_classes: int | None = None
+    input_shape: tuple[int, ...] | None = None
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images are and how they are split.
+
+    dataset: ``cifar10`` | ``cifar100`` | ``folder`` | ``synthetic``. holdout: training images set
+    aside by a permutation seeded with ``split_seed`` and never trained on; the **search split**
+    is the first ``search_images`` of them, so a model fine-tuned with the same holdout never saw
+    the images that score policies. The rest of the training set is the *trained-on* part
+    (calibration images are drawn from it). mean/std: normalisation of RGB in [0, 1].
+    image_size: side length of folder/synthetic images (None: the model's input size).
+    synthetic_size: (train, test) image counts of the synthetic dataset.
+    """
+
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    split_seed: int = 0
+    holdout: int = 5000
+    search_images: int = 2000
+    mean: tuple[float, ...] = DEFAULT_MEAN
+    std: tuple[float, ...] = DEFAULT_STD
+    image_size: int | None = None
+    synthetic_size: tuple[int, int] = (6000, 1000)
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Calibration images for recovery statistics and BatchNorm recalibration.
+
+    images: how many, drawn with ``seed`` from the trained-on part of the training set; batch_size:
+    images per forward pass while collecting statistics and recalibrating. Recorded in every
+    policy, so ``apply_policy`` redraws exactly the same images.
+    """
+
+    images: int = 500
+    batch_size: int = 100
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """How channels are chosen and how the pruned model is recovered.
+
+    granularity: ``channel`` (physical removal) or ``weight`` (masks). criterion: ``l1`` | ``l2`` |
+    ``apoz`` | ``mean_activation`` | ``taylor`` | ``random``. reconstruct: least-squares refit of
+    the consumers of pruned groups. bn_batches: calibration batches used to re-estimate BatchNorm
+    statistics (0 = off). points_per_image: sampled conv output positions per image for the
+    least squares (0 = all). ridge: relative ridge term. seed: seeds the random criterion and
+    position sampling. channels_last: compact models in channels-last memory format (faster convs
+    on CPU; results equal up to float rounding).
+    """
+
+    granularity: str = "channel"
+    criterion: str = "l1"
+    reconstruct: bool = True
+    bn_batches: int = 2
+    points_per_image: int = 10
+    ridge: float = 1e-4
+    seed: int = 0
+    channels_last: bool = True
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """The search environment's budget and reward.
+
+    cost: ``macs`` (alias ``flops``) | ``params``: what ``target`` limits. target: fraction of the
+    dense cost to keep (constrained mode). mode: ``constrained`` (reward = -error, actions clamped
+    to meet the budget) | ``accuracy`` (reward = -error * log(cost), no clamp). lbound / rbound:
+    preserve-ratio bounds of every action. round_to: kept channel counts are multiples of this.
+    metric: ``top1`` | ``top5``. reward_scale: multiplies the reward.
+    """
+
+    cost: str = "macs"
+    target: float = 0.5
+    mode: str = "constrained"
+    lbound: float = 0.2
+    rbound: float = 1.0
+    round_to: int = 1
+    metric: str = "top1"
+    reward_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The searching agent (AMC paper / official code values for DDPG).
+
+    algorithm: ``ddpg`` | ``td3`` | ``sac`` | ``random``. hidden: sizes of the actor's and critic's
+    hidden layers. actor_lr / critic_lr: Adam learning rates. tau: soft target update. batch_size:
+    replay minibatch. gamma: discount. buffer_per_group: replay capacity in episodes (capacity =
+    this x number of groups transitions). warmup_episodes: episodes of uniform random actions
+    before updates start. sigma: exploration std in preserve-ratio units after warm-up;
+    sigma_decay: per episode after warm-up. baseline_momentum: update rate of the reward baseline.
+    """
+
+    algorithm: str = "ddpg"
+    hidden: tuple[int, ...] = (300, 300)
+    actor_lr: float = 1e-4
+    critic_lr: float = 1e-3
+    tau: float = 0.01
+    batch_size: int = 64
+    gamma: float = 1.0
+    buffer_per_group: int = 100
+    warmup_episodes: int = 100
+    sigma: float = 0.5
+    sigma_decay: float = 0.95
+    baseline_momentum: float = 0.5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training and fine-tuning: SGD with Nesterov momentum and a cosine learning rate.
+
+    epochs; lr: peak learning rate (cosine decay to 0 over all steps); weight_decay; momentum;
+    batch_size; augment: CIFAR random crop + flip; seed: shuffling and augmentation.
+    """
+
+    epochs: int = 10
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    batch_size: int = 128
+    augment: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """One search: every section above plus the run's own settings.
+
+    episodes: evaluated episodes in total (warm-up included). top_k: policies kept in
+    ``top_policies/``. seed: seeds the agent and the random search. device: ``cpu`` or ``cuda``.
+    threads: torch CPU threads (0 = torch's default).
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    episodes: int = 400
+    top_k: int = 5
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0
+
+
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict:
+    """A config as plain YAML/JSON data (tuples become lists)."""
+    def plain(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        return v
+    return plain(cfg)
+
+
+def from_dict(cls: type[T], data: dict | None, source: str = "config") -> T:
+    """Build ``cls`` from ``data`` (nested sections for nested configs); unknown keys are an error."""
+    data = dict(data or {})
+    if not isinstance(data, dict):
+        raise AmcError(f"{source}: expected a mapping for {cls.__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise AmcError(f"{source}: unknown {cls.__name__} keys: {', '.join(unknown)}")
+    values = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = from_dict(hint, value, f"{source}.{name}")
+        elif isinstance(value, list):
+            values[name] = tuple(value)
+        else:
+            values[name] = value
+    return cls(**values)
+
+
+def replace(cfg: T, **changes: Any) -> T:
+    """A copy of ``cfg`` with the fields in ``changes`` that are not None replaced."""
+    given = {k: v for k, v in changes.items() if v is not None}
+    return dataclasses.replace(cfg, **given) if given else cfg
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the fields whose values differ between two configs of the same type."""
+    out = []
+    for f in dataclasses.fields(old):
+        a, b = getattr(old, f.name), getattr(new, f.name)
+        if dataclasses.is_dataclass(a):
+            out += differences(a, b, f"{prefix}{f.name}.")
+        elif a != b:
+            out.append(f"{prefix}{f.name}: {a!r} -> {b!r}")
+    return out

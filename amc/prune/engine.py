@@ -1,0 +1,139 @@
+"""The pruning engine: from kept channel counts to a pruned, recovered model, hundreds of times.
+
+:class:`PruningEngine` holds what stays fixed across the prunings of one dense model: the model,
+its :class:`~amc.structure.DependencyGraph`, the :class:`~amc.config.PruneConfig`, the calibration
+images, the calibration statistics and the criterion's per-group scores (both computed once,
+lazily). :meth:`PruningEngine.select` turns counts into a :class:`~amc.selection.Selection`;
+:meth:`PruningEngine.prune` executes it with a pruner (physical channel removal, or masks for
+``granularity="weight"``), reconstructs the consumers by least squares and recalibrates BatchNorm,
+reporting the seconds of each step.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from ..calibration import CalibrationSet, CalibrationStats, Needs, collect_stats
+from ..config import PruneConfig
+from ..errors import AmcError
+from ..importance import ScoringContext, criterion
+from ..selection import Selection, top_channels
+from ..structure import DependencyGraph, GroupName, Keep
+from .channel import ChannelPruner
+from .mask import MaskPruner
+from .recovery import reconstruct, recalibrate_batchnorm
+
+
+@dataclass
+class PruneResult:
+    """A pruned model, the selection it executes and the seconds of each step
+    (``prune``: selection + slicing, ``reconstruct``, ``bn_recalibration``)."""
+
+    model: nn.Module
+    selection: Selection
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class PruningEngine:
+    """Prunes ``model`` (never modified) as ``cfg`` says.
+
+    Arguments:
+        model: the dense model, on the device the pruned models should live on.
+        graph: its structure (:func:`amc.structure.trace`).
+        cfg: :class:`~amc.config.PruneConfig`.
+        calibration: images for activation/gradient criteria, least squares and BatchNorm
+            recalibration; required when ``cfg`` uses any of them (an :class:`AmcError` otherwise).
+    """
+
+    def __init__(self, model: nn.Module, graph: DependencyGraph, cfg: PruneConfig = PruneConfig(),
+                 calibration: CalibrationSet | None = None):
+        if cfg.granularity not in ("channel", "weight"):
+            raise AmcError(f"unknown granularity '{cfg.granularity}' (choose channel or weight)")
+        if cfg.bn_batches < 0 or cfg.points_per_image < 0 or not cfg.ridge >= 0:
+            raise AmcError(f"bn_batches, points_per_image and ridge must be >= 0, got {cfg}")
+        self.model, self.graph, self.cfg = model.eval(), graph, cfg
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.criterion = criterion(cfg.criterion)
+        self.reconstructs = cfg.reconstruct and cfg.granularity == "channel"
+        self.needs = self.criterion.needs | (Needs.GRAM if self.reconstructs else Needs.NOTHING)
+        needs_data = bool(self.needs & (Needs.ACTIVATIONS | Needs.GRAM | Needs.GRADIENTS)) or cfg.bn_batches > 0
+        if needs_data and (calibration is None or len(calibration) == 0):
+            raise AmcError("least-squares reconstruction, BatchNorm recalibration and activation or gradient criteria "
+                           "need calibration images (give data, or turn reconstruction and recalibration off)")
+        if calibration is not None and cfg.channels_last and calibration.images.dim() == 4:
+            calibration = calibration.to(calibration.images.device, torch.channels_last)
+        self.calibration = calibration
+        self.pruner = ChannelPruner(graph) if cfg.granularity == "channel" else MaskPruner(graph)
+        self._stats: CalibrationStats | None = None
+        self._scores: dict[GroupName, torch.Tensor] = {}
+        self.setup_seconds = 0.0
+
+    @property
+    def stats(self) -> CalibrationStats:
+        """Calibration statistics of the dense model (gathered on first use)."""
+        if self._stats is None:
+            start = time.perf_counter()
+            self._stats = collect_stats(self.model, self.graph, self.calibration, self.needs,
+                                        points_per_image=self.cfg.points_per_image, seed=self.cfg.seed)
+            self.setup_seconds += time.perf_counter() - start
+        return self._stats
+
+    def scores(self, group: GroupName) -> torch.Tensor:
+        """The criterion's score of each channel of ``group`` (cached)."""
+        if group not in self._scores:
+            needs_stats = self.criterion.needs & (Needs.ACTIVATIONS | Needs.GRADIENTS)
+            ctx = ScoringContext(self.graph, dict(self.model.named_modules()), self.stats if needs_stats else None,
+                                 self.cfg.seed)
+            self._scores[group] = self.criterion.channel_scores(ctx, self.graph.group[group])
+        return self._scores[group]
+
+    def select(self, keep: Keep, recorded: Mapping[GroupName, torch.Tensor] | None = None) -> Selection:
+        """Kept channel indices for ``keep`` (group name -> count); absent groups keep all.
+
+        ``recorded``: indices chosen earlier (a policy's ``kept_indices``); for a group that has
+        them they are used instead of the criterion, and must number ``keep[name]``.
+        """
+        kept = {}
+        for name, n in keep.items():
+            g = self.graph.group.get(name)
+            if g is None:
+                raise AmcError(f"unknown channel group '{name}'")
+            if n >= g.channels:
+                continue
+            if recorded and name in recorded:
+                if len(recorded[name]) != n:
+                    raise AmcError(f"group '{name}': {len(recorded[name])} recorded channel indices for {n} kept channels")
+                kept[name] = torch.as_tensor(recorded[name], dtype=torch.long).sort().values
+            else:
+                kept[name] = top_channels(self.scores(name), n, g.blocks)
+        return Selection(kept)
+
+    def prune(self, selection: Selection) -> PruneResult:
+        """A pruned copy of the dense model executing ``selection``, recovered as the config says."""
+        timings = {}
+        start = time.perf_counter()
+        small = self.pruner.apply(self.model, selection).to(memory_format=self.memory_format)
+        timings["prune"] = time.perf_counter() - start
+        start = time.perf_counter()
+        if self.reconstructs and selection.kept:
+            reconstruct(small, dict(self.model.named_modules()), self.graph, selection.sorted().kept, self.stats.gram,
+                        self.cfg.ridge)
+        timings["reconstruct"] = time.perf_counter() - start
+        start = time.perf_counter()
+        if self.cfg.bn_batches > 0 and (selection.kept or selection.masks):
+            recalibrate_batchnorm(small, (x for x, _ in self.calibration.batches(self.cfg.bn_batches)))
+        timings["bn_recalibration"] = time.perf_counter() - start
+        return PruneResult(small.eval(), selection, timings)
+
+    def prune_keep(self, keep: Keep, recorded: Mapping[GroupName, torch.Tensor] | None = None) -> PruneResult:
+        """:meth:`select` then :meth:`prune`, timed together as ``prune``."""
+        start = time.perf_counter()
+        selection = self.select(keep, recorded)
+        picked = time.perf_counter() - start
+        result = self.prune(selection)
+        result.timings["prune"] += picked
+        return result

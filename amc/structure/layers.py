@@ -1,0 +1,221 @@
+"""Layer kinds: the one place that knows how each prunable module type is counted, sliced and masked.
+
+A :class:`LayerKind` adapter answers, for one module type, every question the rest of amc asks:
+its MACs and parameters at given channel widths (cost models), how to slice it to kept channels
+(physical pruning), which weights read which input channels (masks and magnitude criteria), and
+its shape manifest (rebuilding a compact model in a fresh process). :func:`kind_of` picks the
+adapter of a module; adding a layer type means adding one adapter here and one case to the tracer.
+
+Kinds: ``conv`` (Conv2d, groups=1), ``grouped`` (1 < groups, sliced keeping equal counts per conv
+group), ``depthwise`` (groups = in = out channels: a follower of its input's channels), ``linear``
+and ``bn`` (BatchNorm1d/2d, a follower). *Producers* create channels (conv, grouped, linear);
+*followers* act per channel of their input (depthwise, bn).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+
+def _take(param: torch.Tensor | None, dim: int, idx: torch.Tensor) -> torch.Tensor | None:
+    if param is None:
+        return None
+    return param.detach().index_select(dim, idx.to(param.device)).clone()
+
+
+def _set(module: nn.Module, name: str, value: torch.Tensor | None, parameter: bool = True) -> None:
+    if value is None:
+        return
+    if parameter:
+        setattr(module, name, nn.Parameter(value, requires_grad=getattr(module, name).requires_grad))
+    else:
+        setattr(module, name, value)
+
+
+def grouped_weight(weight: torch.Tensor, in_idx: torch.Tensor, out_idx: torch.Tensor, groups: int) -> torch.Tensor:
+    """Weight (len(out_idx), len(in_idx) / groups, kh, kw) of a conv keeping these channels.
+
+    ``in_idx``/``out_idx``: sorted kept input/output channels, the same number in every conv group.
+    """
+    per_group_in = weight.shape[1]
+    per_group_out = weight.shape[0] // groups
+    local = in_idx.to(weight.device).view(groups, -1) - (torch.arange(groups, device=weight.device) * per_group_in).view(-1, 1)
+    out_idx = out_idx.to(weight.device)
+    rows = weight.detach().index_select(0, out_idx)
+    cols = local[out_idx // per_group_out]  # each kept output channel reads its own group's kept inputs
+    return rows.gather(1, cols[:, :, None, None].expand(-1, -1, *rows.shape[2:])).clone()
+
+
+class LayerKind:
+    """Adapter interface; widths are channel (or feature) counts, ``out_hw`` the output's (H, W)."""
+
+    name: str = "?"
+    role: Literal["producer", "follower"] = "producer"
+
+    def macs(self, m: nn.Module, c_in: int, c_out: int, out_hw: tuple[int, int]) -> int:
+        """Multiply-accumulates for one example."""
+        return 0
+
+    def params(self, m: nn.Module, c_in: int, c_out: int) -> int:
+        """Parameter elements at these widths."""
+        raise NotImplementedError
+
+    def slice(self, m: nn.Module, in_idx: torch.Tensor, out_idx: torch.Tensor) -> None:
+        """Keep only input features ``in_idx`` and output features ``out_idx`` (in place)."""
+        raise NotImplementedError
+
+    def input_mask(self, m: nn.Module, keep_in: torch.Tensor) -> torch.Tensor | None:
+        """Weight-shaped bool mask that zeroes every weight reading a dropped input (``keep_in``: bool per input)."""
+        return None
+
+    def input_importance(self, m: nn.Module, power: int = 1) -> torch.Tensor | None:
+        """Sum of |weight|**power over the weights that read each input feature (magnitude criteria)."""
+        return None
+
+    def manifest(self, m: nn.Module) -> dict[str, int]:
+        raise NotImplementedError
+
+    def resize(self, m: nn.Module, shape: dict[str, int]) -> None:
+        """Give ``m`` the shapes of ``manifest`` with uninitialised values (a state_dict is loaded next)."""
+        raise NotImplementedError
+
+
+class Conv(LayerKind):
+    """A Conv2d; with 1 < groups every conv group keeps the same number of inputs and outputs."""
+
+    name = "conv"
+
+    def macs(self, m, c_in, c_out, out_hw):
+        return c_out * (c_in // m.groups) * m.kernel_size[0] * m.kernel_size[1] * out_hw[0] * out_hw[1]
+
+    def params(self, m, c_in, c_out):
+        return c_out * (c_in // m.groups) * m.kernel_size[0] * m.kernel_size[1] + (c_out if m.bias is not None else 0)
+
+    def slice(self, m, in_idx, out_idx):
+        if m.groups == 1:
+            _set(m, "weight", _take(_take(m.weight, 0, out_idx), 1, in_idx))
+        else:
+            _set(m, "weight", grouped_weight(m.weight, in_idx, out_idx, m.groups))
+        _set(m, "bias", _take(m.bias, 0, out_idx))
+        m.in_channels, m.out_channels = len(in_idx), len(out_idx)
+
+    def input_mask(self, m, keep_in):
+        per_group = keep_in.view(m.groups, -1).repeat_interleave(m.out_channels // m.groups, dim=0)
+        return per_group[:, :, None, None].expand_as(m.weight)
+
+    def input_importance(self, m, power=1):
+        w = m.weight.detach().abs().pow(power)
+        return w.reshape(m.groups, w.shape[0] // m.groups, w.shape[1], -1).sum(dim=(1, 3)).flatten()
+
+    def manifest(self, m):
+        return {"in_channels": m.in_channels, "out_channels": m.out_channels, "groups": m.groups}
+
+    def resize(self, m, shape):
+        for key, value in shape.items():
+            setattr(m, key, int(value))
+        m.weight = nn.Parameter(torch.empty(m.out_channels, m.in_channels // m.groups, *m.kernel_size))
+        if m.bias is not None:
+            m.bias = nn.Parameter(torch.empty(m.out_channels))
+
+
+class Grouped(Conv):
+    name = "grouped"
+
+
+class Depthwise(Conv):
+    """groups = in = out channels: channel c only reads input c, so it follows its input's channels."""
+
+    name = "depthwise"
+    role = "follower"
+
+    def macs(self, m, c_in, c_out, out_hw):
+        return c_in * m.kernel_size[0] * m.kernel_size[1] * out_hw[0] * out_hw[1]
+
+    def params(self, m, c_in, c_out):
+        return c_in * m.kernel_size[0] * m.kernel_size[1] + (c_in if m.bias is not None else 0)
+
+    def slice(self, m, in_idx, out_idx):
+        _set(m, "weight", _take(m.weight, 0, in_idx))
+        _set(m, "bias", _take(m.bias, 0, in_idx))
+        m.in_channels = m.out_channels = m.groups = len(in_idx)
+
+    def input_mask(self, m, keep_in):
+        return None  # its outputs of dropped channels are ignored by the consumers downstream
+
+    def input_importance(self, m, power=1):
+        return None
+
+
+class Linear(LayerKind):
+    name = "linear"
+
+    def macs(self, m, c_in, c_out, out_hw):
+        return c_in * c_out
+
+    def params(self, m, c_in, c_out):
+        return c_in * c_out + (c_out if m.bias is not None else 0)
+
+    def slice(self, m, in_idx, out_idx):
+        _set(m, "weight", _take(_take(m.weight, 0, out_idx), 1, in_idx))
+        _set(m, "bias", _take(m.bias, 0, out_idx))
+        m.in_features, m.out_features = len(in_idx), len(out_idx)
+
+    def input_mask(self, m, keep_in):
+        return keep_in.view(1, -1).expand_as(m.weight)
+
+    def input_importance(self, m, power=1):
+        return m.weight.detach().abs().pow(power).sum(0)
+
+    def manifest(self, m):
+        return {"in_features": m.in_features, "out_features": m.out_features}
+
+    def resize(self, m, shape):
+        m.in_features, m.out_features = int(shape["in_features"]), int(shape["out_features"])
+        m.weight = nn.Parameter(torch.empty(m.out_features, m.in_features))
+        if m.bias is not None:
+            m.bias = nn.Parameter(torch.empty(m.out_features))
+
+
+class BatchNorm(LayerKind):
+    name = "bn"
+    role = "follower"
+
+    def params(self, m, c_in, c_out):
+        return 2 * c_in if m.affine else 0
+
+    def slice(self, m, in_idx, out_idx):
+        for attr in ("weight", "bias"):
+            _set(m, attr, _take(getattr(m, attr), 0, in_idx))
+        for attr in ("running_mean", "running_var"):
+            _set(m, attr, _take(getattr(m, attr), 0, in_idx), parameter=False)
+        m.num_features = len(in_idx)
+
+    def manifest(self, m):
+        return {"num_features": m.num_features}
+
+    def resize(self, m, shape):
+        n = m.num_features = int(shape["num_features"])
+        if m.affine:
+            m.weight, m.bias = nn.Parameter(torch.empty(n)), nn.Parameter(torch.empty(n))
+        if m.track_running_stats:
+            m.running_mean, m.running_var = torch.zeros(n), torch.ones(n)
+
+
+CONV, GROUPED, DEPTHWISE, LINEAR, BATCHNORM = Conv(), Grouped(), Depthwise(), Linear(), BatchNorm()
+
+
+def kind_of(module: nn.Module) -> LayerKind | None:
+    """The adapter of ``module``, or None for modules that have no channel-dependent weights."""
+    if isinstance(module, nn.Conv2d):
+        if module.groups == 1:
+            return CONV
+        if module.groups == module.in_channels == module.out_channels:
+            return DEPTHWISE
+        return GROUPED
+    if isinstance(module, nn.Linear):
+        return LINEAR
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return BATCHNORM
+    return None

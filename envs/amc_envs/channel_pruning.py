@@ -1,0 +1,153 @@
+"""The AMC channel-pruning environment."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from amc.config import EnvConfig
+from amc.cost import Budget
+from amc.errors import AmcError
+from amc.structure import GroupName
+
+from .observation import FEATURES, Observer
+from .task import PruningTask
+
+
+@dataclass
+class EpisodeResult:
+    """What a finished episode produced (``info["result"]`` of the last step).
+
+    keep: kept channels per group; requested: the agent's preserve ratios (before clipping,
+    rounding and the clamp); executed: kept / channels; kept: kept channel indices of the groups
+    that lost channels; cost_ratio: measured cost / dense per cost model (``macs``, ``params``);
+    metrics: search-split ``top1``, ``top5``, ``loss``; reward; timings: seconds per step.
+    """
+
+    keep: dict[GroupName, int]
+    requested: dict[GroupName, float]
+    executed: dict[GroupName, float]
+    kept: dict[GroupName, list[int]]
+    cost_ratio: dict[str, float]
+    metrics: dict[str, float]
+    reward: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class ChannelPruningEnv(gym.Env):
+    """
+    ## Description
+    Walks the prunable channel groups of a trained CNN in forward order (AMC, He et al. 2018). At each
+    step the agent chooses how much of the current group to keep; after the last group the engine
+    builds the physically compact model (channel selection, least-squares reconstruction and
+    BatchNorm recalibration as the task's :class:`~amc.config.PruneConfig` says), checks that its
+    measured MACs and params equal the accounting, and scores it on the *search* split.
+
+    ## Action Space
+    ``Box(0, 1, (1,), float32)``: the **preserve ratio** of the current group (fraction of channels
+    kept; 1 = unpruned). It is clipped to ``[lbound, rbound]``, turned into a channel count (nearest
+    multiple of ``round_to``, never zero) and, in resource-constrained mode, capped so that the target
+    stays reachable with every later group at ``lbound`` (AMC's clamp, :meth:`amc.cost.Budget.max_count`).
+    The *executed* ratio (count / channels) is reported in ``info["executed_action"]`` and is what the
+    next observation carries.
+
+    ## Observation Space
+    ``Box(0, 1, (11,), float32)``: AMC's features (:mod:`amc_envs.observation`): ``index``, the group's
+    ``out_channels``, the producer's ``in_channels``, ``in_height``, ``in_width``, ``stride``, ``kernel``
+    (min-max scaled over the groups), ``cost`` (cost that scales with this group / dense), ``reduced``
+    (cost removed by earlier decisions / dense), ``rest`` (cost later groups can still scale / dense)
+    and ``previous_action`` (previous executed preserve ratio; 1 at the first step).
+
+    ## Rewards
+    0 on every step but the last. On the last step, with ``error = 1 - accuracy`` on the search
+    split (``metric``: top-1 or top-5) and ``scale`` = ``reward_scale``:
+    - ``mode="constrained"`` (resource-constrained): ``R = -scale * error``;
+    - ``mode="accuracy"`` (accuracy-guaranteed): ``R = -scale * error * log(resource)``, resource being
+      the compact model's measured cost (MACs or params), no clamp.
+
+    ## Starting State
+    The first group, with no decision taken; deterministic (the environment has no randomness of
+    its own; ``reset(seed=...)`` seeds ``self.np_random`` as Gymnasium requires).
+
+    ## Episode End
+    After the last prunable group: ``terminated=True`` (never truncated). ``info["result"]`` then
+    holds the :class:`EpisodeResult` (timings: seconds of prune, reconstruct, bn_recalibration, evaluate).
+
+    ## Arguments
+    - ``task``: a :class:`~amc_envs.task.PruningTask` (default: a tiny synthetic task, for checks).
+    - ``cfg``: :class:`~amc.config.EnvConfig`: ``cost`` (``macs`` | ``params``) and ``target`` (fraction
+      of the dense cost to keep), ``mode`` (``constrained`` | ``accuracy``), ``lbound`` / ``rbound``
+      (preserve-ratio bounds), ``round_to`` (counts are multiples of it), ``metric`` (``top1`` | ``top5``),
+      ``reward_scale``.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, task: PruningTask | None = None, cfg: EnvConfig = EnvConfig()):
+        if cfg.mode not in ("constrained", "accuracy") or cfg.metric not in ("top1", "top5"):
+            raise AmcError(f"bad environment option: mode={cfg.mode!r}, metric={cfg.metric!r}")
+        if not math.isfinite(cfg.reward_scale) or cfg.reward_scale <= 0:
+            raise AmcError(f"reward_scale must be a positive number, got {cfg.reward_scale}")
+        self.task = task or PruningTask.tiny()
+        self.cfg = cfg
+        # accuracy mode has no budget: the target only bounds nothing, so check reachability at 1
+        target = cfg.target if cfg.mode == "constrained" else 1.0
+        self.budget = Budget(self.task.graph, cfg.cost, target, round_to=cfg.round_to, lbound=cfg.lbound,
+                             rbound=cfg.rbound)
+        self.groups = self.budget.groups
+        self.observer = Observer(self.budget)
+        self.action_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+        self.observation_space = spaces.Box(0.0, 1.0, (len(FEATURES),), np.float32)
+        self._t = 0
+        self._keep: dict[GroupName, int] = {}
+        self._requested: dict[GroupName, float] = {}
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self._t = 0
+        self._keep, self._requested = {}, {}
+        return self.observer(0, self._keep), {"group": self.groups[0].name}
+
+    def count_for(self, t: int, requested: float) -> int:
+        """The channel count the action ``requested`` (a preserve ratio) executes at step ``t``."""
+        g = self.groups[t]
+        count = self.budget.count_for(g.name, requested)
+        if self.cfg.mode == "constrained":
+            count = min(count, self.budget.max_count(g.name, self._keep))
+        return count
+
+    def step(self, action) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        g = self.groups[self._t]
+        requested = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 0.0, 1.0))
+        count = self.count_for(self._t, requested)
+        self._keep[g.name] = count
+        self._requested[g.name] = requested
+        info: dict[str, Any] = {"group": g.name, "requested_action": requested, "executed_action": count / g.channels}
+        self._t += 1
+        if self._t < len(self.groups):
+            return self.observer(self._t, self._keep), 0.0, False, False, info
+        result = self.evaluate(self._keep, self._requested)
+        info["result"] = result
+        return np.zeros(self.observation_space.shape, dtype=np.float32), result.reward, True, False, info
+
+    def reward_of(self, accuracy: float, cost: float) -> float:
+        error = 1.0 - accuracy
+        if self.cfg.mode == "constrained":
+            return -self.cfg.reward_scale * error
+        return -self.cfg.reward_scale * error * math.log(cost)
+
+    def evaluate(self, keep: dict[GroupName, int], requested: dict[GroupName, float] | None = None) -> EpisodeResult:
+        """Prune to ``keep``, verify its costs, score it: the episode's :class:`EpisodeResult`."""
+        metrics, result = self.task.evaluate(keep)
+        cost = self.budget.cost.name
+        return EpisodeResult(
+            keep=dict(keep), requested=dict(requested or {g: keep[g] / self.task.graph.group[g].channels for g in keep}),
+            executed={g.name: keep[g.name] / g.channels for g in self.groups},
+            kept={name: idx.tolist() for name, idx in result.selection.kept.items()},
+            cost_ratio={name: metrics[f"{name}_ratio"] for name in self.task.costs},
+            metrics={k: metrics[k] for k in ("top1", "top5", "loss")},
+            reward=self.reward_of(metrics[self.cfg.metric], metrics[cost]), timings=dict(result.timings))

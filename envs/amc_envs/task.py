@@ -1,0 +1,104 @@
+"""What a pruning environment works on: a dense model, its structure, the pruning engine, the cost
+models and the search split (normalised once, kept in memory on the chosen device)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from amc.calibration import CalibrationSet
+from amc.config import CalibrationConfig, DataConfig, ModelConfig, PruneConfig
+from amc.cost import CostModel, MacsCost, ParamsCost, check_costs
+from amc.data import ImageSet, load_splits, normalization, synthetic_images
+from amc.evaluation import evaluate
+from amc.io import open_model
+from amc.models import ModelSpec, build_model
+from amc.prune import PruneResult, PruningEngine
+from amc.structure import DependencyGraph, Keep, trace
+
+
+@dataclass
+class PruningTask:
+    """A dense model with everything needed to prune and score it.
+
+    ``search_images``: normalised float tensor (N, C, H, W) of the held-out search split on the
+    task's device; ``search_labels``: (N,) int64. ``costs``: cost models every pruned model is
+    measured with (an exact one must match the accounting). ``configs``: the model, data,
+    calibration and prune configs the task was built from (recorded in policies).
+    """
+
+    model: nn.Module
+    spec: ModelSpec
+    graph: DependencyGraph
+    engine: PruningEngine
+    search_images: torch.Tensor
+    search_labels: torch.Tensor
+    device: str = "cpu"
+    batch_size: int = 500
+    costs: dict[str, CostModel] = field(default_factory=lambda: {"macs": MacsCost(), "params": ParamsCost()})
+    data: DataConfig | None = None
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+
+    @property
+    def prune_config(self) -> PruneConfig:
+        return self.engine.cfg
+
+    def score(self, model: nn.Module) -> dict[str, float]:
+        """Top-1/top-5 accuracy and loss of ``model`` on the search split (never the test split)."""
+        return evaluate(model.to(self.device), self.search_images, self.search_labels, self.batch_size)
+
+    def evaluate(self, keep: Keep) -> tuple[dict[str, float], PruneResult]:
+        """Prune to ``keep``, check the pruned model's costs against the accounting, score it.
+
+        Returns (metrics, result): metrics hold ``top1``, ``top5``, ``loss`` and, per cost model,
+        the measured cost and its ratio to dense (``macs``, ``macs_ratio``, ...).
+        """
+        result = self.engine.prune_keep(keep)
+        measured = check_costs(self.graph, keep, result.model, list(self.costs.values()))
+        start = time.perf_counter()
+        metrics = self.score(result.model)
+        result.timings["evaluate"] = time.perf_counter() - start
+        for name, c in self.costs.items():
+            metrics[name] = measured[name]
+            metrics[f"{name}_ratio"] = measured[name] / c.cost(self.graph)
+        return metrics, result
+
+    @classmethod
+    def build(cls, model: nn.Module, spec: ModelSpec, search: ImageSet, calibration: CalibrationSet,
+              data: DataConfig, prune: PruneConfig = PruneConfig(), calibration_config: CalibrationConfig = CalibrationConfig(),
+              exclude=(), device: str = "cpu") -> "PruningTask":
+        """``search``: images that score policies; ``calibration``: images for recovery statistics."""
+        model = model.to(device).eval()
+        graph = trace(model, spec.input_shape, exclude)
+        engine = PruningEngine(model, graph, prune, calibration.to(device))
+        search_x = normalization(data)(search.images).to(device)
+        if prune.channels_last:
+            search_x = search_x.contiguous(memory_format=torch.channels_last)
+        return cls(model, spec, graph, engine, search_x, search.labels.to(device), device, data=data,
+                   calibration=calibration_config)
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> "PruningTask":
+        """A small random CNN on synthetic images: a fast default for tests and the env checker."""
+        torch.manual_seed(seed)
+        spec = ModelSpec("resnet8", 10, (3, 16, 16))
+        data = DataConfig(synthetic_size=(200, 10), holdout=100, search_images=100, image_size=16)
+        calib = CalibrationConfig(images=100, batch_size=50)
+        return make_task(build_model(spec), spec, data, calib, PruneConfig(bn_batches=2))
+
+
+def make_task(model: nn.Module, spec: ModelSpec, data: DataConfig, calibration: CalibrationConfig = CalibrationConfig(),
+              prune: PruneConfig = PruneConfig(), exclude=(), device: str = "cpu") -> PruningTask:
+    """A :class:`PruningTask` over ``data``'s search split; calibration drawn from its trained-on part."""
+    splits = load_splits(data, ("train", "search"), num_classes=spec.num_classes, image_size=spec.input_shape[-1])
+    calib = CalibrationSet.draw(splits["train"], normalization(data), calibration, device)
+    return PruningTask.build(model, spec, splits["search"], calib, data, prune, calibration, exclude, device)
+
+
+def open_task(model: ModelConfig, data: DataConfig, calibration: CalibrationConfig = CalibrationConfig(),
+              prune: PruneConfig = PruneConfig(), device: str = "cpu") -> PruningTask:
+    """Open the model of ``model`` (name/checkpoint) and build its :class:`PruningTask`."""
+    net, spec, _ = open_model(model.name, model.checkpoint, model.num_classes, model.input_shape)
+    return make_task(net, spec, data, calibration, prune, model.exclude, device)

@@ -1,0 +1,83 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from amc.api import uniform_policy
+from amc.config import CalibrationConfig, PruneConfig
+from amc.errors import AmcError
+from amc.models import ModelSpec, build_model
+from amc.policy import Policy
+from amc.structure import trace
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _policy(**kwargs):
+    model = build_model(ModelSpec("resnet20"))
+    return model, uniform_policy(model, (3, 32, 32), 0.6, model_spec=ModelSpec("resnet20").to_dict(), **kwargs)
+
+
+def test_roundtrip_keeps_everything_needed_to_rebuild(tmp_path):
+    model, policy = _policy(prune=PruneConfig(criterion="l2", bn_batches=7))
+    policy.calibration = CalibrationConfig(images=123, seed=9)
+    policy.save(tmp_path / "p.json")
+    again = Policy.load(tmp_path / "p.json")
+    assert again.to_dict() == policy.to_dict()
+    assert again.prune.criterion == "l2" and again.prune.bn_batches == 7 and again.calibration.images == 123
+    graph = trace(model, (3, 32, 32))
+    assert again.keep(graph) == {d.name: d.kept_channels for d in policy.groups}
+    assert set(again.ratios) == {g.name for g in graph.prunable}
+    assert all(0 < r <= 1 for r in again.ratios.values())
+
+
+def test_mismatch_names_the_groups(tmp_path):
+    _, policy = _policy()
+    other = trace(build_model(ModelSpec("resnet32")), (3, 32, 32))
+    with pytest.raises(AmcError, match="does not match the model: .*layer1.3.conv1: missing from the policy"):
+        policy.keep(other)
+    wider = trace(build_model(ModelSpec("resnet20")), (3, 64, 64))  # same groups, other input shape
+    with pytest.raises(AmcError, match="other layer shapes or input shape"):
+        policy.keep(wider)
+    assert policy.keep(wider, force=True)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda d: d["groups"].pop(), "no decision in the policy"),
+    (lambda d: d["groups"].append(dict(d["groups"][0])), "more than once"),
+    (lambda d: d["groups"][0].update(kept_channels=True), "not a whole number"),
+    (lambda d: d["groups"][0].update(requested_ratio=float("nan")), "preserve ratios lie in"),
+    (lambda d: d["groups"][0].update(executed_ratio=1.7), "preserve ratios lie in"),
+    (lambda d: d["groups"][0].update(executed_ratio=0.9), "records executed_ratio"),
+    (lambda d: d["groups"][0].update(kept_channels=0, executed_ratio=0.0), "keeps 0 of"),
+    (lambda d: d.update(schema_version=7), "schema version 7"),
+    (lambda d: d["prune"].update(unknown=1), "unknown PruneConfig keys: unknown"),
+])
+def test_invalid_policies_are_refused_with_a_reason(tmp_path, change, message):
+    model, policy = _policy()
+    data = policy.to_dict()
+    change(data)
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    with pytest.raises(AmcError, match=message):
+        Policy.load(tmp_path / "p.json").keep(trace(model, (3, 32, 32)))
+
+
+def test_not_json_or_missing_file(tmp_path):
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(AmcError, match="not valid JSON"):
+        Policy.load(tmp_path / "bad.json")
+    with pytest.raises(AmcError, match="not found"):
+        Policy.load(tmp_path / "none.json")
+
+
+def test_schema_1_policies_still_load():
+    """A policy written before the restructuring (copied from the first ResNet-20 benchmark record)."""
+    for f in [ROOT / "tests" / "data" / "schema1_resnet20_policy.json"]:
+        policy = Policy.load(f)
+        assert json.loads(f.read_text())["schema_version"] == 1
+        spec = policy.model
+        graph = trace(build_model(ModelSpec(spec["name"], spec["num_classes"])), tuple(policy.input_shape))
+        keep = policy.keep(graph)
+        assert len(keep) == len(graph.prunable) and policy.kept() and policy.prune.criterion == "l1"
+        assert all(len(policy.kept()[n]) == keep[n] for n in policy.kept())

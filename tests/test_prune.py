@@ -1,0 +1,208 @@
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from amc.calibration import CalibrationSet, Needs, collect_stats
+from amc.config import PruneConfig
+from amc.cost import MacsCost, ParamsCost
+from amc.errors import AmcError
+from amc.importance import CRITERIA, ScoringContext, criterion
+from amc.io import channel_manifest, resize_to_manifest
+from amc.models import ModelSpec, build_model
+from amc.prune import ChannelPruner, MaskPruner, PruningEngine, fold_masks, least_squares_weight, sparsity
+from amc.ratios import allowed_counts, channels_for_ratio, largest_count_at_most
+from amc.selection import Selection, top_channels
+from amc.structure import trace
+
+from .nets import TEST_NETS, GroupedNet, randomize_bn, random_kept
+
+NO_RECOVERY = PruneConfig(reconstruct=False, bn_batches=0, channels_last=False)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet56", "mobilenet_v2", "vgg16", "mobilenet_v1", *TEST_NETS])
+def test_compact_matches_masked_original(name):
+    torch.manual_seed(0)
+    model = TEST_NETS[name]() if name in TEST_NETS else build_model(ModelSpec(name))
+    randomize_bn(model)
+    graph = trace(model, (3, 32, 32) if name not in TEST_NETS else (3, 8, 8))
+    selection = Selection(random_kept(graph))
+    small = ChannelPruner(graph).apply(model, selection)
+    x = torch.randn(4, *graph.input_shape)
+    with torch.no_grad():
+        ref, out = MaskPruner(graph).apply(model, selection)(x), small(x)
+    assert (out - ref).abs().max() <= 1e-5 * ref.abs().max() + 1e-5  # float rounding, relative to the output scale
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    assert MacsCost().measure(model, graph.input_shape) == MacsCost().cost(graph)  # the original is untouched
+
+
+def test_uneven_blocks_and_bad_indices_are_refused():
+    model = GroupedNet()
+    graph = trace(model, (3, 8, 8))
+    with pytest.raises(AmcError, match="same number of channels in each of its 4 blocks"):
+        ChannelPruner(graph).apply(model, Selection({"reduce": torch.tensor([0, 1, 4, 5, 8, 9, 12, 13, 14])}))
+    with pytest.raises(AmcError, match="invalid channel indices"):
+        ChannelPruner(graph).apply(model, Selection({"grouped": torch.tensor([0, 0, 1, 2])}))
+    with pytest.raises(AmcError, match="unknown channel group"):
+        ChannelPruner(graph).apply(model, Selection({"nope": torch.tensor([0])}))
+    scores = torch.arange(16.0).flip(0)  # block b's best channels are its first ones
+    assert top_channels(scores, 8, blocks=4).tolist() == [0, 1, 4, 5, 8, 9, 12, 13]
+
+
+def test_ratio_rounding():
+    assert allowed_counts(20, 8, 0.2) == [8, 16, 20]
+    assert channels_for_ratio(0.5, 64, 8) == 32 and channels_for_ratio(0.01, 64, 8, 0.2) == 16
+    assert channels_for_ratio(0.0, 3) == 1  # never zero channels
+    assert largest_count_at_most(30, 64, 8) == 24
+
+
+@pytest.mark.parametrize("name", ["l1", "l2"])
+def test_magnitude_criteria_rank_a_planted_channel_first(name):
+    model = build_model(ModelSpec("plain20"))
+    graph = trace(model, (3, 32, 32))
+    g = graph.prunable[1]
+    consumer = dict(model.named_modules())[g.consumers[0]]
+    with torch.no_grad():
+        consumer.weight.mul_(0.01)
+        consumer.weight[:, 5] = 10.0
+    ctx = ScoringContext(graph, dict(model.named_modules()))
+    assert criterion(name).channel_scores(ctx, g).argmax() == 5
+    with pytest.raises(AmcError, match="unknown criterion"):
+        criterion("l3")
+
+
+def _two_layer():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, 3)).eval()
+
+
+@pytest.mark.parametrize("name,needs", [("apoz", Needs.ACTIVATIONS), ("mean_activation", Needs.ACTIVATIONS),
+                                        ("taylor", Needs.GRADIENTS)])
+def test_data_criteria_rank_a_planted_channel_first(name, needs):
+    """Channel 2 is the only one that is active and matters for the loss; the others are dead (bias -10)."""
+    model = _two_layer()
+    with torch.no_grad():
+        model[0].bias.fill_(-10.0)
+        model[0].bias[2] = 5.0
+        model[2].weight.mul_(0.01)
+        model[2].weight[:, 2] = 1.0
+    graph = trace(model, (3, 8, 8))
+    g = graph.group["0"]
+    calib = CalibrationSet(torch.randn(32, 3, 8, 8), torch.randint(0, 3, (32,)), batch_size=8)
+    assert CRITERIA[name].needs == needs
+    stats = collect_stats(model, graph, calib, needs)
+    scores = criterion(name).channel_scores(ScoringContext(graph, dict(model.named_modules()), stats), g)
+    assert scores.shape == (6,) and scores.argmax() == 2 and scores[[0, 1, 3, 4, 5]].max() < scores[2]
+
+
+def test_taylor_matches_autograd_on_a_known_gradient():
+    """|sum over positions of a * dL/da| per channel, averaged over images, from an explicit autograd computation."""
+    model = _two_layer()
+    graph = trace(model, (3, 8, 8))
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    stats = collect_stats(model, graph, CalibrationSet(x, y, batch_size=4), Needs.GRADIENTS)
+    a = torch.relu(model[0](x)).detach().requires_grad_(True)
+    loss = nn.functional.cross_entropy(model[5](model[4](model[3](model[2](a)))), y)
+    (grad,) = torch.autograd.grad(loss, a)
+    expected = (a * grad).sum(dim=(2, 3)).abs().mean(0).double()
+    assert torch.allclose(stats.taylor["2"], expected, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,groups", [(3, 1, 1, 1), (1, 1, 0, 1), (3, 2, 1, 1), (5, 1, 2, 1),
+                                                           (3, 1, 1, 2), (1, 2, 0, 3)])
+def test_least_squares_recovers_conv_exactly_when_possible(kernel, stride, padding, groups):
+    """If the outputs do not depend on the dropped channels, reconstruction must reproduce them."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6 * groups, 4 * groups, kernel, stride, padding, bias=False, groups=groups)
+    with torch.no_grad():
+        conv.weight[:, 3:] = 0  # the last 3 input channels of every conv group are unused
+    kept = torch.cat([torch.arange(3) + 6 * j for j in range(groups)])
+    with torch.no_grad():  # start from a wrong weight: the solve must not depend on it
+        wrong = conv.weight + 0.3 * torch.randn_like(conv.weight)
+    x = torch.randn(16, 6 * groups, 10, 10)
+    cols = nn.functional.unfold(x, kernel, padding=padding, stride=stride).transpose(1, 2).reshape(-1, 6 * groups * kernel * kernel)
+    gram = cols.T.double() @ cols.double()
+    w = least_squares_weight(conv.weight, gram, kept, ridge=1e-10, groups=groups)
+    assert not torch.allclose(least_squares_weight(wrong, gram, kept, ridge=1e-10, groups=groups), w)
+    out = nn.functional.conv2d(x[:, kept], w, stride=stride, padding=padding, groups=groups)
+    assert torch.allclose(out, conv(x), atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["resnet8", "grouped"])
+def test_reconstruction_improves_pruned_outputs(name):
+    torch.manual_seed(0)
+    model = randomize_bn(GroupedNet() if name == "grouped" else build_model(ModelSpec(name)))
+    shape = (3, 8, 8) if name == "grouped" else (3, 32, 32)
+    graph = trace(model, shape)
+    calib, x = CalibrationSet(torch.randn(64, *shape)), torch.randn(32, *shape)
+    keep = {g.name: g.channels // 2 for g in graph.prunable if name != "grouped" or g.name == "reduce"}
+    cfg = PruneConfig(bn_batches=0, points_per_image=0, channels_last=False)
+    with torch.no_grad():
+        ref = model(x)
+        plain = PruningEngine(model, graph, NO_RECOVERY, calib).prune_keep(keep).model(x)
+        recon = PruningEngine(model, graph, cfg, calib).prune_keep(keep).model(x)
+    assert (recon - ref).pow(2).mean() < 0.5 * (plain - ref).pow(2).mean()
+
+
+def test_engine_needs_calibration_and_honours_recorded_indices():
+    model = randomize_bn(build_model(ModelSpec("resnet8")))
+    graph = trace(model, (3, 32, 32))
+    with pytest.raises(AmcError, match="need calibration images"):
+        PruningEngine(model, graph, PruneConfig())
+    engine = PruningEngine(model, graph, NO_RECOVERY)
+    g = graph.prunable[0]
+    recorded = {g.name: torch.tensor([7, 3, 11, 0])}
+    selection = engine.select({g.name: 4}, recorded)
+    assert selection.kept[g.name].tolist() == [0, 3, 7, 11]  # recorded, not the criterion's choice
+    assert engine.select({g.name: 4}).kept[g.name].tolist() != [0, 3, 7, 11]
+    with pytest.raises(AmcError, match="4 recorded channel indices for 5 kept channels"):
+        engine.select({g.name: 5}, recorded)
+
+
+def test_channels_last_pruning_matches_contiguous():
+    torch.manual_seed(0)
+    model = randomize_bn(build_model(ModelSpec("resnet8"))).eval()
+    graph = trace(model, (3, 32, 32))
+    calib, x = CalibrationSet(torch.randn(40, 3, 32, 32), batch_size=20), torch.randn(8, 3, 32, 32)
+    keep = {g.name: g.channels // 2 for g in graph.prunable}
+    plain = PruningEngine(model, graph, PruneConfig(channels_last=False), calib).prune_keep(keep).model
+    fast = PruningEngine(model, graph, PruneConfig(channels_last=True), calib).prune_keep(keep).model
+    assert fast.layer1[0].conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.allclose(fast(x.contiguous(memory_format=torch.channels_last)), plain(x), atol=1e-4)
+
+
+def test_manifest_rebuilds_compact_model():
+    model = randomize_bn(build_model(ModelSpec("mobilenet_v2")))
+    graph = trace(model, (3, 32, 32))
+    small = ChannelPruner(graph).apply(model, Selection(random_kept(graph, 0.3)))
+    rebuilt = resize_to_manifest(build_model(ModelSpec("mobilenet_v2")), channel_manifest(small))
+    rebuilt.load_state_dict(small.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), small(x))
+
+
+def test_mask_pruner_is_torch_prune_compatible_and_masks_survive_an_optimizer_step():
+    model = randomize_bn(build_model(ModelSpec("resnet8")))
+    graph = trace(model, (3, 32, 32))
+    kept = random_kept(graph, 0.5)
+    weight_mask = torch.rand_like(model.linear.weight) > 0.5
+    masked = MaskPruner(graph).apply(model, Selection(kept, {"linear": weight_mask}))
+    conv = masked.layer1[0].conv2  # consumer of layer1.0.conv1
+    assert torch_prune.is_pruned(conv) and hasattr(conv, "weight_orig") and hasattr(conv, "weight_mask")
+    dropped = torch.ones(16, dtype=torch.bool)
+    dropped[kept["layer1.0.conv1"]] = False
+    assert (conv.weight[:, dropped] == 0).all() and (conv.weight[:, ~dropped] != 0).any()
+    assert (masked.linear.weight[~weight_mask] == 0).all()
+    assert not torch_prune.is_pruned(model.layer1[0].conv2)  # the input model is untouched
+    opt = torch.optim.SGD(masked.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(2):
+        opt.zero_grad()
+        masked.train()(torch.randn(4, 3, 32, 32)).sum().backward()
+        opt.step()
+    assert (conv.weight[:, dropped] == 0).all() and (masked.linear.weight[~weight_mask] == 0).all()
+    fold_masks(masked)
+    assert not torch_prune.is_pruned(conv) and (conv.weight[:, dropped] == 0).all()
+    assert 0 < sparsity(masked) < 0.5
