@@ -17,14 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from amc.checkpoint import atomic_write_text  # noqa: E402
-from amc.data import DataConfig, Normalization  # noqa: E402
-from amc.models import open_model  # noqa: E402
-from amc.policy import provenance  # noqa: E402
-from amc.pruner import PruneSettings  # noqa: E402
-from envs import ChannelPruningEnv, load_task  # noqa: E402
+from amc.config import DataConfig, EnvConfig, PruneConfig
+from amc.io import atomic_write_text, open_model
+from amc.provenance import provenance
+from amc_envs import ChannelPruningEnv, make_task
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,18 +35,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--record")
     args = p.parse_args(argv)
     model, spec, _ = open_model(args.model, args.checkpoint)
-    data = DataConfig("cifar10", args.data_dir, 2000, 0, Normalization(), image_size=spec.input_shape[-1],
-                      num_classes_hint=spec.num_classes)
+    data = DataConfig("cifar10", args.data_dir)
     top1: dict[int, list[float]] = {}
     for batches in args.batches:
-        env = ChannelPruningEnv(load_task(model, spec, data, PruneSettings(bn_batches=batches)), args.target)
+        task = make_task(model, spec, data, prune=PruneConfig(bn_batches=batches))
+        env = ChannelPruningEnv(task, EnvConfig(target=args.target))
         actions = np.random.default_rng(args.seed).uniform(0.2, 1.0, (args.policies, len(env.groups)))
         top1[batches] = []
         for policy in actions:
             env.reset(seed=args.seed)
             for action in policy:
                 info = env.step(np.array([action], dtype=np.float32))[4]
-            top1[batches].append(info["top1"])
+            top1[batches].append(info["result"].metrics["top1"])
         ranking = np.argsort(-np.array(top1[batches])).tolist()
         print(f"{batches} BN batches: top-1 {np.round(top1[batches], 4).tolist()} mean {np.mean(top1[batches]):.4f} "
               f"ranking {ranking}")

@@ -2,13 +2,14 @@
 
 For the run folders ``results/benchmarks/NAME/{ddpg,random}-seed*`` this
 
-- reads each run's best search-split reward, its best-so-far curve, FLOPs ratio and wall time;
-- builds the compact model of each run's best policy and of the uniform policy with ``amc apply``
-  (the user-facing command) and records test top-1 **without fine-tuning**;
+- reads each run's best search-split reward, its best-so-far curve, MACs ratio and wall time;
+- rebuilds, with the library's :func:`amc.apply_policy` and the policy's recorded recovery settings and
+  calibration images, the model each run's best policy was scored as, and the model of the uniform
+  policy scored in the runs (``uniform_policy.json``), and records their test top-1 **without fine-tuning**;
 - with ``--finetune-epochs N``, fine-tunes the policy with the best search reward (over methods and
-  seeds) and the uniform policy with the same budget (``amc apply --finetune-epochs N``);
-- writes ``runs.csv`` (tidy, one row per run and stage), ``table.md``, ``comparison.png`` and
-  ``record.json`` (machine, versions, commands) into ``results/benchmarks/NAME/``.
+  seeds) and the uniform policy for the same number of epochs (:func:`amc.training.train`);
+- writes ``runs.csv`` (tidy, one row per run), ``summary.csv``, ``table.md``, ``comparison.png`` and
+  ``record.json`` (machine, versions, command) into ``results/benchmarks/NAME/``.
 
     python benchmarks/compare_methods.py NAME --checkpoint CKPT --data-dir DIR [--finetune-epochs 1]
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,57 +27,69 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+
+from amc import Policy, apply_policy, calibration_for  # noqa: E402
+from amc.config import TrainConfig, replace  # noqa: E402
+from amc.data import load_splits, normalization  # noqa: E402
+from amc.evaluation import evaluate  # noqa: E402
+from amc.io import atomic_write_text, open_model  # noqa: E402
+from amc.provenance import provenance  # noqa: E402
+from amc.training import train  # noqa: E402
+from amc_agents import RunStore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from amc.checkpoint import atomic_write_text  # noqa: E402
-from amc.policy import provenance  # noqa: E402
+FINETUNE_LR = 0.01
 
 
-def amc(*args: str) -> list[str]:
-    """Run the amc CLI (same interpreter) and return the command line that was run."""
-    cmd = [sys.executable, "-m", "amc.cli", *args]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{done.stderr.strip()}")
-    return cmd
+class Evaluator:
+    """Applies policies to one dense checkpoint and scores them on the test split (data loaded once)."""
+
+    def __init__(self, checkpoint: str, data_dir: str):
+        self.model, self.spec, _ = open_model(None, checkpoint)
+        self.data_dir = data_dir
+        self._splits = None
+
+    def data(self, policy: Policy):
+        return replace(policy.data, data_dir=self.data_dir)
+
+    def splits(self, policy: Policy):
+        if self._splits is None:
+            self._splits = load_splits(self.data(policy), ("train", "test"), num_classes=self.spec.num_classes)
+        return self._splits
+
+    def test_top1(self, model, policy: Policy) -> float:
+        test = self.splits(policy)["test"]
+        return evaluate(model, normalization(self.data(policy))(test.images), test.labels)["top1"]
+
+    def apply(self, policy_path: Path, finetune_epochs: int = 0, finetune_out: Path | None = None) -> dict:
+        """Test top-1 of the scored model of ``policy_path`` (and after fine-tuning)."""
+        policy = Policy.load(policy_path)
+        applied = apply_policy(self.model, policy, calibration=calibration_for(policy, data=self.data(policy)))
+        macs = applied.costs["macs"]
+        out = {"macs_ratio_measured": macs[1] / macs[0], "test_top1": self.test_top1(applied.model, policy),
+               "dense_test_top1": self.test_top1(self.model, policy)}
+        if finetune_epochs > 0:
+            cfg = TrainConfig(epochs=finetune_epochs, lr=FINETUNE_LR)
+            train(applied.model, self.spec, self.splits(policy)["train"], self.splits(policy)["test"],
+                  normalization(self.data(policy)), cfg, finetune_out)
+            out["test_top1_finetuned"] = self.test_top1(applied.model, policy)
+        return out
 
 
-def apply_report(path: Path) -> dict:
-    """The ``amc apply`` report saved inside a compact model file."""
-    extras = torch.load(path, map_location="cpu", weights_only=False)
-    return extras["apply_report"]
-
-
-def apply(policy: Path, out: Path, checkpoint: str, data_dir: str, finetune_epochs: int = 0) -> dict:
-    """Compact model of ``policy`` with test top-1 before (and after) fine-tuning; cached in ``out``."""
-    if not out.is_file() or out.stat().st_mtime < policy.stat().st_mtime:  # cached unless the policy changed
-        amc("apply", str(policy), "--checkpoint", checkpoint, "--dataset", "cifar10", "--data-dir", data_dir,
-            "--out", str(out), "--finetune-epochs", str(finetune_epochs))
-    rows = {r["model"]: r for r in apply_report(out)["rows"]}
-    result = {"flops_ratio_measured": float(rows["compact"]["flops_ratio"]),
-              "test_top1": float(rows["compact"]["test_top1"]), "dense_test_top1": float(rows["dense"]["test_top1"])}
-    if "compact+finetune" in rows:
-        result["test_top1_finetuned"] = float(rows["compact+finetune"]["test_top1"])
-    return result
-
-
-def run_rows(folder: Path, checkpoint: str, data_dir: str) -> list[dict]:
+def run_rows(folder: Path, evaluator: Evaluator) -> list[dict]:
     rows = []
     for run in sorted(folder.glob("*-seed*")):
         if not (run / "best_policy.json").is_file():
             continue
         method, seed = re.fullmatch(r"(\w+)-seed(\d+)", run.name).groups()
-        episodes = pd.read_csv(run / "episodes.csv")
+        store = RunStore(run)
+        episodes = store.episodes()
         best = episodes.loc[episodes.reward.idxmax()]
-        uniform = json.loads((run / "baselines.json").read_text())["uniform"]
+        uniform = store.baselines()["uniform"]
         rows.append({"method": method, "seed": int(seed), "episodes": len(episodes),
                      "search_reward": float(best.reward), "search_top1": float(best.top1),
                      "best_episode": int(best.episode), "wall_s": float(episodes.elapsed_s.iloc[-1]),
-                     "uniform_search_reward": uniform["reward"],
-                     **apply(run / "best_policy.json", folder / "models" / f"{run.name}.pt", checkpoint, data_dir)})
+                     "uniform_search_reward": uniform["reward"], **evaluator.apply(run / "best_policy.json")})
     return rows
 
 
@@ -117,7 +129,7 @@ def markdown_table(summary: pd.DataFrame) -> str:
         return f"{mean * scale:.{digits}f}" + ("" if pd.isna(std) else f" ± {std * scale:.{digits}f}")
 
     lines = ["| method | runs | episodes per run | search reward (−error), mean ± std | test top-1 % no fine-tune, "
-             "mean ± std | test top-1 % fine-tuned (best policy) | FLOPs ratio (measured, max) | wall time per run (s) |",
+             "mean ± std | test top-1 % fine-tuned (best policy) | MACs ratio (measured, max) | wall time per run (s) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for _, r in summary.iterrows():
         tuned = r.get("test_top1_finetuned")
@@ -125,7 +137,7 @@ def markdown_table(summary: pd.DataFrame) -> str:
         wall = "–" if pd.isna(r.wall_s) else f"{r.wall_s:.0f}"
         std = r.search_reward_std if r.method != "uniform" else r.search_reward_std_uniform
         lines.append(f"| {r.method} | {r.runs} | {r.episodes} | {pm(r.search_reward_mean, std)} | "
-                     f"{pm(r.test_top1_mean, r.test_top1_std, 100, 2)} | {tuned} | {r.flops_ratio:.4f} | {wall} |")
+                     f"{pm(r.test_top1_mean, r.test_top1_std, 100, 2)} | {tuned} | {r.macs_ratio:.4f} | {wall} |")
     return "\n".join(lines) + "\n"
 
 
@@ -137,32 +149,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-epochs", type=int, default=0)
     args = p.parse_args(argv)
     folder = ROOT / "results" / "benchmarks" / args.name
-    (folder / "models").mkdir(parents=True, exist_ok=True)
     started = time.time()
-    runs = pd.DataFrame(run_rows(folder, args.checkpoint, args.data_dir))
+    evaluator = Evaluator(args.checkpoint, args.data_dir)
+    runs = pd.DataFrame(run_rows(folder, evaluator))
     if runs.empty:
         raise SystemExit(f"no finished runs in {folder}")
-    model = json.loads(next(folder.glob("*-seed*/best_policy.json")).read_text())["model"]["name"]
-    uniform_policy = folder / "models" / "uniform_policy.json"
-    if not uniform_policy.is_file():
-        amc("uniform", model, "--checkpoint", args.checkpoint, "--target", "0.5", "--out", str(uniform_policy))
+    first = sorted(folder.glob("*-seed*/uniform_policy.json"))[0]  # the same uniform policy and model in every run
     uniform = {"method": "uniform", "seed": -1, "episodes": 1, "search_reward": runs.uniform_search_reward.mean(),
-               **apply(uniform_policy, folder / "models" / "uniform.pt", args.checkpoint, args.data_dir)}
+               **evaluator.apply(first)}
     runs = pd.concat([runs, pd.DataFrame([uniform])], ignore_index=True)
     summary = runs.groupby("method", sort=False).agg(
         runs=("seed", "size"), episodes=("episodes", "max"), search_reward_mean=("search_reward", "mean"),
         search_reward_std=("search_reward", "std"), test_top1_mean=("test_top1", "mean"),
         test_top1_std=("test_top1", "std"), test_top1_min=("test_top1", "min"), test_top1_max=("test_top1", "max"),
-        flops_ratio=("flops_ratio_measured", "max"), wall_s=("wall_s", "mean")).reset_index()
+        macs_ratio=("macs_ratio_measured", "max"), wall_s=("wall_s", "mean")).reset_index()
     summary["search_reward_std_uniform"] = runs.uniform_search_reward.std()
     if args.finetune_epochs > 0:  # the best searched policy (any method, any seed) and the uniform one
         best = runs[runs.method != "uniform"].sort_values("search_reward", ascending=False).iloc[0]
         run = folder / f"{best.method}-seed{best.seed}"
-        tuned = {best.method: apply(run / "best_policy.json", folder / "models" / f"{run.name}-ft{args.finetune_epochs}.pt",
-                                    args.checkpoint, args.data_dir, args.finetune_epochs)}
+        models = folder / "models"
+        tuned = {best.method: evaluator.apply(run / "best_policy.json", args.finetune_epochs,
+                                              models / f"{run.name}-ft{args.finetune_epochs}")}
         tuned[best.method]["seed"] = int(best.seed)
-        tuned["uniform"] = apply(uniform_policy, folder / "models" / f"uniform-ft{args.finetune_epochs}.pt",
-                                 args.checkpoint, args.data_dir, args.finetune_epochs)
+        tuned["uniform"] = evaluator.apply(first, args.finetune_epochs, models / f"uniform-ft{args.finetune_epochs}")
         summary["test_top1_finetuned"] = summary.method.map(lambda m: tuned.get(m, {}).get("test_top1_finetuned"))
         summary["finetuned_seed"] = summary.method.map(lambda m: tuned.get(m, {}).get("seed"))
     runs.to_csv(folder / "runs.csv", index=False)
@@ -171,14 +180,16 @@ def main(argv: list[str] | None = None) -> int:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     plot_best_reward(axes[0], folder, float(uniform["search_reward"]))
     plot_test_accuracy(axes[1], summary)
-    fig.suptitle(f"{model}, 50% FLOPs target, JPEG CIFAR-10 (search split 2,000 train images; test 10,000)")
+    model = Policy.load(first).model["name"]
+    fig.suptitle(f"{model}, 50% MACs target, JPEG CIFAR-10 (search split 2,000 held-out train images; test 10,000)")
     fig.tight_layout()
     fig.savefig(folder / "comparison.png", dpi=120)
     plt.close(fig)
-    info = provenance()
-    record = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "seconds": time.time() - started,
-              "machine": info["machine"], "versions": info["versions"],
-              "finetune": {"epochs": args.finetune_epochs, "lr": 0.01, "command": "amc apply POLICY --finetune-epochs N"},
+    info = provenance(command=" ".join([Path(sys.executable).name, *sys.argv]))
+    record = {"command": info["command"], "seconds": time.time() - started, "machine": info["machine"],
+              "versions": info["versions"],
+              "finetune": {"epochs": args.finetune_epochs, "lr": FINETUNE_LR, "function": "amc.training.train"},
+              "test_models": "amc.apply_policy with each policy's recorded recovery settings and calibration images",
               "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write_text(json.dumps(record, indent=2) + "\n", folder / "record.json")
     print(summary.to_string(index=False))

@@ -13,16 +13,16 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from amc.compaction import compact
-from amc.graph import PruningGraph
-from amc.models import open_model
-from amc.policy import uniform_for_flops
-from amc.pruner import ChannelPruner, PruneSettings
-from amc.reconstruction import least_squares_weight
+from amc.calibration import CalibrationSet
+from amc.config import PruneConfig
+from amc.cost import Budget
+from amc.io import atomic_write_text, open_model
+from amc.provenance import provenance
+from amc.prune import ChannelPruner, PruningEngine, least_squares_weight
+from amc.structure import trace
 
 
 def main() -> int:
@@ -33,26 +33,26 @@ def main() -> int:
     args = ap.parse_args()
     model, spec, _ = open_model("resnet56", args.checkpoint)
     start = time.perf_counter()
-    graph = PruningGraph(model, spec.input_shape)
+    graph = trace(model, spec.input_shape)
     trace_s = time.perf_counter() - start
-    _, counts = uniform_for_flops(graph, 0.5)
-    calib = torch.randn(500, 3, 32, 32)
-    pruner = ChannelPruner(model, graph, PruneSettings(), calib)
-    kept = pruner.kept_indices(counts)
+    _, keep = Budget(graph, "macs", 0.5).uniform()
+    engine = PruningEngine(model, graph, PruneConfig(), CalibrationSet(torch.randn(500, 3, 32, 32)))
+    selection = engine.select(keep)
+    kept = selection.kept
     compact_s = []
     for _ in range(args.repeats):
         t = time.perf_counter()
-        compact(model, graph, kept)
+        ChannelPruner(graph).apply(model, selection)
         compact_s.append(time.perf_counter() - t)
     t = time.perf_counter()
-    stats = pruner.stats
+    stats = engine.stats
     stats_s = time.perf_counter() - t
     per_layer = {}
     modules = dict(model.named_modules())
-    for g in graph.prunable_groups:
+    for g in graph.prunable:
         for name in g.consumers:
-            layer = graph.layer_by_name[name]
-            idx = graph.layout_indices(layer.in_layout, kept)
+            layer = graph.layer[name]
+            idx = graph.feature_index(layer.in_layout, kept)
             times = []
             for _ in range(args.repeats):
                 t = time.perf_counter()
@@ -62,7 +62,7 @@ def main() -> int:
     full = []
     for _ in range(args.repeats):
         t = time.perf_counter()
-        pruner.prune(counts)
+        engine.prune(selection)
         full.append(time.perf_counter() - t)
     record = {"model": "resnet56", "target_flops": 0.5, "trace_seconds": trace_s,
               "compact_seconds_median": statistics.median(compact_s),
@@ -70,11 +70,9 @@ def main() -> int:
               "reconstruct_seconds_per_layer_median": statistics.median(per_layer.values()),
               "reconstruct_seconds_per_layer": per_layer,
               "prune_with_recovery_seconds_median": statistics.median(full),
-              "repeats": args.repeats, "threads": torch.get_num_threads(), "machine": platform.platform(),
-              "processor": platform.processor(), "torch": torch.__version__, "python": platform.python_version(),
-              "command": " ".join([sys.executable.split("/")[-1], *sys.argv])}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+              "repeats": args.repeats, "threads": torch.get_num_threads(), "processor": platform.processor(),
+              **provenance(command=" ".join([sys.executable.split("/")[-1], *sys.argv]))}
+    atomic_write_text(json.dumps(record, indent=2) + "\n", args.out)
     for k, v in record.items():
         if k != "reconstruct_seconds_per_layer":
             print(f"{k}: {v}")

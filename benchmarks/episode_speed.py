@@ -16,7 +16,6 @@ median episode seconds / median floor seconds (target on CPU: <= 1.3) and episod
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -26,22 +25,22 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from agents.search import SearchRun, add_search_args, config_from  # noqa: E402
-from amc.checkpoint import atomic_write_text  # noqa: E402
-from amc.policy import Policy, provenance  # noqa: E402
+from amc import apply_policy
+from amc.cli.args import add_flags, search_config
+from amc.config import SearchConfig, to_dict
+from amc.io import atomic_write_text
+from amc.provenance import provenance
+from amc_agents import run_search
+from amc_envs import PruningTask, open_task
 
 STEPS = ["prune_s", "reconstruct_s", "bn_recalibration_s", "evaluate_s", "agent_s", "episode_s"]
 
 
-def floor_seconds(run: SearchRun, policy: Policy, repeats: int) -> list[float]:
-    """Seconds to score the compact model of ``policy`` on the search split, ``repeats`` times."""
-    task = run.task
-    model = task.pruner.prune(policy.counts(task.graph)).model
+def floor_seconds(task: PruningTask, policy, repeats: int) -> list[float]:
+    """Seconds to score the pruned model of ``policy`` on the search split, ``repeats`` times."""
+    model = apply_policy(task.model, policy, calibration=task.engine.calibration).model
     task.score(model)  # warm-up (allocations, oneDNN primitive caches)
     times = []
     for _ in range(repeats):
@@ -52,7 +51,7 @@ def floor_seconds(run: SearchRun, policy: Policy, repeats: int) -> list[float]:
 
 
 def machine() -> dict:
-    """Library versions and platform (as in policy provenance) plus the CPU/GPU facts timings depend on."""
+    """Library versions and platform plus the CPU/GPU facts timings depend on."""
     info = provenance()
     return {**info["versions"], "platform": info["machine"], "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -61,30 +60,30 @@ def machine() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_search_args(parser)
+    parser.add_argument("--model", required=True)
+    add_flags(parser, "model", "data", "calibration", "prune", "env", "agent", "run")
     parser.add_argument("--repeats", type=int, default=7, help="floor measurements (median reported)")
     parser.add_argument("--record", help="write the figures to this JSON file")
     args = parser.parse_args(argv)
-    cfg = config_from(args)
+    cfg = search_config(args, SearchConfig())
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    started = time.perf_counter()
+    task = open_task(cfg.model, cfg.data, cfg.calibration, cfg.prune, cfg.device)
+    setup = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(cfg.out or tmp)
-        cfg = dataclasses.replace(cfg, out=str(out))
-        started = time.perf_counter()
-        run = SearchRun(cfg, out, progress=not args.quiet)
-        setup = time.perf_counter() - started
-        run.run()
-        rows = pd.read_csv(out / "episodes.csv")
-        policy = Policy.load(out / "best_policy.json")
-        floor = floor_seconds(run, policy, args.repeats)
+        _, store = run_search(cfg, Path(tmp) / "run", task=task)
+        rows = store.episodes()
+        floor = floor_seconds(task, store.best_policy(), args.repeats)
     explore = rows[rows.phase != "warm-up"] if (rows.phase != "warm-up").any() else rows
     medians = {col: float(explore[col].median()) for col in STEPS}
     record = {
         "benchmark": "episode_speed",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "config": dataclasses.asdict(cfg),
+        "config": to_dict(cfg),
         "machine": machine(),
-        "groups": len(run.groups),
-        "search_images": len(run.task.search_labels),
+        "groups": len(task.graph.prunable),
+        "search_images": len(task.search_labels),
         "setup_s": setup,
         "episodes_summarised": len(explore),
         "median_s": medians,
@@ -93,11 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         "episodes_per_hour": 3600 / medians["episode_s"],
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    print(f"{cfg.model}: {record['groups']} groups, {record['search_images']} search images, "
-          f"device {cfg.device}, channels_last {cfg.channels_last}, threads {record['machine']['torch_threads']}")
+    print(f"{cfg.model.name}: {record['groups']} groups, {record['search_images']} search images, "
+          f"device {cfg.device}, channels_last {cfg.prune.channels_last}, threads {record['machine']['torch_threads']}")
     print("median seconds per episode (" + str(len(explore)) + " episodes): " +
           ", ".join(f"{k[:-2]} {v:.3f}" for k, v in medians.items()))
-    print(f"floor (forward pass of the compact model over the search split): {record['floor_s']['median']:.3f} s")
+    print(f"floor (forward pass of the pruned model over the search split): {record['floor_s']['median']:.3f} s")
     print(f"episode / floor = {record['episode_to_floor']:.2f}; {record['episodes_per_hour']:.0f} episodes per hour")
     if args.record:
         atomic_write_text(json.dumps(record, indent=2) + "\n", args.record)

@@ -165,6 +165,7 @@ def run_search(cfg: SearchConfig, folder: str | Path, *, resume: bool = False, p
         store = RunStore.create(folder, cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)  # a model without a checkpoint gets seeded random weights
     if task is None:
         if not cfg.model.name and not cfg.model.checkpoint:
             raise AmcError("give --model (and usually --checkpoint) or a --config that names them")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     from ..data import normalization  # noqa: PLC0415
     history = train(model, spec, data["train"], data["test"], normalization(data_cfg), cfg, out, resume=args.resume,
-                    device=args.device or "cpu", log=None if args.quiet else print, bar=not args.quiet)
+                    device=args.device or "cpu", log=None if args.quiet else print,
+                    bar=not args.quiet and sys.stderr.isatty())
     last = history.iloc[-1]
     print(f"trained {spec.name} for {cfg.epochs} epochs in {time.perf_counter() - started:.0f} s; "
           f"test top-1 {last.get('val_top1', float('nan')):.4f}")

@@ -1,0 +1,98 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+from amc.config import AgentConfig, EnvConfig, SearchConfig
+from amc.errors import AmcError
+from amc_agents import RunStore, SB3Agent, run_search
+from amc_agents.buffer import EpisodeRewardReplayBuffer
+from amc_agents.noise import TruncatedNormalNoise
+from amc_agents.report import write_report
+from amc_envs import ChannelPruningEnv, PruningTask
+
+
+@pytest.fixture(scope="module")
+def task():
+    return PruningTask.tiny(seed=0)
+
+
+def test_noise_decays_after_warmup_and_truncates():
+    noise = TruncatedNormalNoise.from_ratio_units(0.5, decay=0.95, warmup_episodes=3, seed=0)
+    sigmas = []
+    for _ in range(6):
+        sigmas.append(noise.sigma)
+        noise.reset()
+    assert sigmas[:4] == [1.0] * 4 and sigmas[4] == pytest.approx(0.95) and sigmas[5] == pytest.approx(0.95 ** 2)
+    draws = np.array([noise.perturb(np.array([0.9]))[0] for _ in range(500)])
+    assert draws.min() >= -1 and draws.max() <= 1 and abs(np.median(draws) - 0.9) < 0.5
+    state = noise.get_state()
+    a = noise.perturb(np.array([0.0]))
+    noise.set_state(state)
+    assert noise.perturb(np.array([0.0])) == a
+
+
+def test_buffer_stores_final_reward_executed_action_and_baseline():
+    buf = EpisodeRewardReplayBuffer(10, spaces.Box(0, 1, (2,)), spaces.Box(0, 1, (1,)), device="cpu")
+    for t in range(3):
+        done = np.array([t == 2])
+        buf.add(np.zeros((1, 2)), np.zeros((1, 2)), np.array([[0.9]]), np.array([-0.7 if t == 2 else 0.0]), done,
+                [{"executed_action": 0.25}])
+        assert buf.pos == (3 if t == 2 else 0)  # nothing stored before the episode ends
+    assert np.allclose(buf.rewards[:3], -0.7) and np.allclose(buf.actions[:3], -0.5)  # 0.25 in [-1, 1] units
+    sample = buf.sample(3)
+    assert buf.baseline == pytest.approx(-0.7) and torch.allclose(sample.rewards, torch.zeros(3, 1))
+
+
+@pytest.mark.parametrize("algorithm", ["ddpg", "td3", "sac"])
+def test_sb3_agents_use_both_learning_rates(task, algorithm):
+    """The critic's learning rate is its own (not the actor's), and changing it changes what the critic learns."""
+    env = ChannelPruningEnv(task, EnvConfig())
+    critics = {}
+    for critic_lr in (1e-3, 3e-2):
+        torch.manual_seed(0)
+        cfg = AgentConfig(algorithm=algorithm, actor_lr=1e-4, critic_lr=critic_lr, warmup_episodes=1, batch_size=4,
+                          hidden=(16, 16))
+        agent = SB3Agent(env, cfg, seed=0)
+        agent.run(env, 3, on_episode=lambda r: None, before_episode=lambda: 0)
+        assert agent.model.critic.optimizer.param_groups[0]["lr"] == pytest.approx(critic_lr)
+        assert agent.model.actor.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+        critics[critic_lr] = torch.cat([p.detach().flatten() for p in agent.model.critic.parameters()])
+    assert not torch.allclose(critics[1e-3], critics[3e-2])
+
+
+def test_search_writes_results_and_report(tmp_path, task):
+    cfg = SearchConfig(agent=AgentConfig(warmup_episodes=2, batch_size=8, hidden=(32, 32)), episodes=6)
+    best, store = run_search(cfg, tmp_path, task=task)
+    episodes = store.episodes()
+    assert episodes.episode.tolist() == list(range(1, 7))
+    assert (episodes.macs_ratio <= 0.5 + 1e-9).all()
+    assert episodes.phase.tolist() == ["warm-up"] * 2 + ["explore"] * 4
+    policy = json.loads((tmp_path / "best_policy.json").read_text())
+    assert policy["metrics"]["reward"] == best.reward == episodes.reward.max()
+    assert len(list((tmp_path / "top_policies").glob("*.json"))) == 5
+    uniform = store.baselines()["uniform"]
+    assert uniform["macs_ratio"] <= 0.5 and (tmp_path / "uniform_policy.json").is_file()
+    assert RunStore(tmp_path).config() == cfg  # the resolved config is stored
+    for f in ("reward.png", "accuracy_vs_macs.png", "best_policy_ratios.png", "summary.md"):
+        (tmp_path / f).unlink(missing_ok=True)
+    paths = write_report(tmp_path)
+    assert all(Path(p).is_file() for p in paths)
+    assert "best reward" in (tmp_path / "summary.md").read_text()
+    with pytest.raises(AmcError, match="already holds a search"):
+        run_search(cfg, tmp_path, task=task)
+
+
+def test_resume_refuses_changed_settings_and_continues(tmp_path, task):
+    cfg = SearchConfig(agent=AgentConfig(algorithm="random"), episodes=3, seed=2)
+    run_search(cfg, tmp_path, task=task)
+    with pytest.raises(AmcError, match="env.target: 0.5 -> 0.4"):
+        run_search(SearchConfig(agent=cfg.agent, episodes=5, seed=2, env=EnvConfig(target=0.4)), tmp_path, resume=True,
+                   task=task)
+    best, store = run_search(SearchConfig(agent=cfg.agent, episodes=5, seed=2), tmp_path, resume=True, task=task)
+    assert store.episodes().episode.tolist() == [1, 2, 3, 4, 5] and store.config().episodes == 5
+    with pytest.raises(AmcError, match="more than --episodes 4"):
+        run_search(SearchConfig(agent=cfg.agent, episodes=4, seed=2), tmp_path, resume=True, task=task)

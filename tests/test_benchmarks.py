@@ -1,0 +1,24 @@
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_episode_speed_benchmark_writes_its_record(tmp_path):
+    """The benchmark runs a real short search and relates episode time to the scoring floor."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import episode_speed
+
+    record = tmp_path / "speed.json"
+    episode_speed.main(["--model", "resnet8", "--input-shape", "3", "16", "16", "--dataset", "synthetic",
+                        "--holdout", "64", "--search-images", "64", "--calibration-images", "64", "--episodes", "4",
+                        "--warmup-episodes", "2", "--repeats", "2", "--record", str(record)])
+    figures = json.loads(record.read_text())
+    assert figures["episodes_summarised"] == 2 and figures["search_images"] == 64 and figures["groups"] == 3
+    steps = figures["median_s"]
+    assert steps["episode_s"] >= steps["evaluate_s"] > 0 and figures["floor_s"]["median"] > 0
+    assert figures["episode_to_floor"] == pytest.approx(steps["episode_s"] / figures["floor_s"]["median"])
+    assert figures["config"]["calibration"]["images"] == 64 and len(figures["floor_s"]["all"]) == 2
