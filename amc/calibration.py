@@ -29,7 +29,7 @@ from torch import nn
 from .config import CalibrationConfig
 from .data import ImageSet, Normalization
 from .errors import AmcError
-from .structure import DependencyGraph
+from .structure import DependencyGraph, kind_of
 
 
 class Needs(enum.Flag):
@@ -120,15 +120,12 @@ def _forward_stats(model, modules, consumers, calib, needs, stats, points_per_im
             seen[name] += n
             if not needs & Needs.GRAM:
                 return
-            if isinstance(module, nn.Conv2d):
-                cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
-                positions = cols.shape[2]
-                if 0 < points_per_image < positions:
-                    pick = torch.stack([torch.randperm(positions, generator=gen)[:points_per_image] for _ in range(n)])
-                    cols = cols.gather(2, pick.unsqueeze(1).expand(-1, cols.shape[1], -1).to(cols.device))
-                samples = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-            else:
-                samples = x.reshape(n, -1)
+            cols = kind_of(module).input_columns(module, x)  # (N, features, positions)
+            positions = cols.shape[2]
+            if 0 < points_per_image < positions:
+                pick = torch.stack([torch.randperm(positions, generator=gen)[:points_per_image] for _ in range(n)])
+                cols = cols.gather(2, pick.unsqueeze(1).expand(-1, cols.shape[1], -1).to(cols.device))
+            samples = cols.transpose(1, 2).reshape(-1, cols.shape[1])
             g = (samples.T @ samples).double().cpu()
             stats.gram[name] = stats.gram[name] + g if name in stats.gram else g
             stats.samples[name] = stats.samples.get(name, 0) + samples.shape[0]

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -74,6 +75,10 @@ class LayerKind:
         """Sum of |weight|**power over the weights that read each input feature (magnitude criteria)."""
         return None
 
+    def input_columns(self, m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The layer's input as (N, features, positions): im2col patches (channel major) for convs."""
+        raise NotImplementedError
+
     def manifest(self, m: nn.Module) -> dict[str, int]:
         raise NotImplementedError
 
@@ -108,6 +113,9 @@ class Conv(LayerKind):
     def input_importance(self, m, power=1):
         w = m.weight.detach().abs().pow(power)
         return w.reshape(m.groups, w.shape[0] // m.groups, w.shape[1], -1).sum(dim=(1, 3)).flatten()
+
+    def input_columns(self, m, x):
+        return F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)
 
     def manifest(self, m):
         return {"in_channels": m.in_channels, "out_channels": m.out_channels, "groups": m.groups}
@@ -167,6 +175,9 @@ class Linear(LayerKind):
 
     def input_importance(self, m, power=1):
         return m.weight.detach().abs().pow(power).sum(0)
+
+    def input_columns(self, m, x):
+        return x.reshape(x.shape[0], -1, 1)
 
     def manifest(self, m):
         return {"in_features": m.in_features, "out_features": m.out_features}
