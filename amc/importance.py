@@ -82,37 +82,47 @@ class L2Magnitude(L1Magnitude):
         return super().channel_scores(ctx, group).sqrt()
 
 
+class FeatureStatistic(Criterion):
+    """A criterion that scores channels by a per-input-feature calibration statistic of the consumers."""
+
+    def feature_values(self, stats: CalibrationStats, consumer: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def channel_scores(self, ctx, group):
+        return ctx.graph.per_channel(group, {n: self.feature_values(ctx.stats, n) for n in group.consumers})
+
+
 @register_criterion
-class APoZ(Criterion):
+class APoZ(FeatureStatistic):
     """1 - Average Percentage of Zeros of each channel's activation (Hu et al. 2016)."""
 
     name = "apoz"
     needs = Needs.ACTIVATIONS
 
-    def channel_scores(self, ctx, group):
-        return ctx.graph.per_channel(group, {n: 1 - ctx.stats.zero_fraction[n] for n in group.consumers})
+    def feature_values(self, stats, consumer):
+        return 1 - stats.zero_fraction[consumer]
 
 
 @register_criterion
-class MeanActivation(Criterion):
+class MeanActivation(FeatureStatistic):
     """Mean absolute activation of each channel on the calibration batches."""
 
     name = "mean_activation"
     needs = Needs.ACTIVATIONS
 
-    def channel_scores(self, ctx, group):
-        return ctx.graph.per_channel(group, {n: ctx.stats.mean_abs[n] for n in group.consumers})
+    def feature_values(self, stats, consumer):
+        return stats.mean_abs[consumer]
 
 
 @register_criterion
-class Taylor(Criterion):
+class Taylor(FeatureStatistic):
     """First-order Taylor expansion of the loss: |activation x gradient| per channel (Molchanov et al. 2017)."""
 
     name = "taylor"
     needs = Needs.GRADIENTS
 
-    def channel_scores(self, ctx, group):
-        return ctx.graph.per_channel(group, {n: ctx.stats.taylor[n] for n in group.consumers})
+    def feature_values(self, stats, consumer):
+        return stats.taylor[consumer]
 
 
 @register_criterion
