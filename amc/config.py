@@ -11,6 +11,7 @@ Units: a **preserve ratio** is the fraction of a group's channels that is kept (
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -237,3 +238,89 @@ def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(f"{prefix}{f.name}: {a!r} -> {b!r}")
     return out
+
+
+# ---------------------------------------------------------------- validation
+CRITERIA = ("l1", "l2", "apoz", "mean_activation", "taylor", "random")
+COSTS = ("macs", "flops", "params")
+ALGORITHMS = ("ddpg", "td3", "sac", "random")
+DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _whole(x: Any, low: int) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= low
+
+
+def validate(cfg: Any, name: str = "") -> Any:
+    """Raise :class:`AmcError` naming the first nonsense value of ``cfg`` (nested sections too); returns ``cfg``.
+
+    Checked before any long work starts: counts are whole numbers in range, rates and ratios are
+    finite and in range, names are known.
+    """
+    prefix = f"{name}." if name else ""
+    rules = _RULES.get(type(cfg), {})
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            validate(value, f"{prefix}{f.name}")
+        elif f.name in rules:
+            ok, expected = rules[f.name]
+            if not ok(value):
+                raise AmcError(f"{prefix}{f.name} = {value!r} is not valid: expected {expected}")
+    if isinstance(cfg, EnvConfig) and not cfg.lbound <= cfg.rbound:
+        raise AmcError(f"{prefix}lbound {cfg.lbound} is above rbound {cfg.rbound}")
+    if isinstance(cfg, DataConfig) and cfg.search_images > cfg.holdout:
+        raise AmcError(f"{prefix}search_images ({cfg.search_images}) must be part of the holdout ({cfg.holdout})")
+    return cfg
+
+
+_RATE = (lambda x: _finite(x) and x > 0, "a finite number > 0")
+_FRACTION = (lambda x: _finite(x) and 0 < x <= 1, "a number in (0, 1]")
+_RULES: dict[type, dict[str, tuple]] = {
+    ModelConfig: {"num_classes": (lambda x: x is None or _whole(x, 1), "a whole number >= 1"),
+                  "input_shape": (lambda x: x is None or (len(x) == 3 and all(_whole(v, 1) for v in x)),
+                                  "three whole numbers C H W")},
+    DataConfig: {"dataset": (lambda x: x in DATASETS, " | ".join(DATASETS)),
+                 "holdout": (lambda x: _whole(x, 0), "a whole number >= 0"),
+                 "search_images": (lambda x: _whole(x, 1), "a whole number >= 1"),
+                 "split_seed": (lambda x: _whole(x, 0), "a whole number >= 0"),
+                 "mean": (lambda x: all(_finite(v) for v in x), "finite numbers"),
+                 "std": (lambda x: all(_finite(v) and v > 0 for v in x), "finite numbers > 0"),
+                 "image_size": (lambda x: x is None or _whole(x, 1), "a whole number >= 1")},
+    CalibrationConfig: {"images": (lambda x: _whole(x, 1), "a whole number >= 1"),
+                        "batch_size": (lambda x: _whole(x, 1), "a whole number >= 1"),
+                        "seed": (lambda x: _whole(x, 0), "a whole number >= 0")},
+    PruneConfig: {"granularity": (lambda x: x in ("channel", "weight"), "channel | weight"),
+                  "criterion": (lambda x: x in CRITERIA, " | ".join(CRITERIA)),
+                  "bn_batches": (lambda x: _whole(x, 0), "a whole number >= 0"),
+                  "points_per_image": (lambda x: _whole(x, 0), "a whole number >= 0"),
+                  "ridge": (lambda x: _finite(x) and x >= 0, "a finite number >= 0"),
+                  "seed": (lambda x: _whole(x, 0), "a whole number >= 0")},
+    EnvConfig: {"cost": (lambda x: x in COSTS, " | ".join(COSTS)), "target": _FRACTION,
+                "mode": (lambda x: x in ("constrained", "accuracy"), "constrained | accuracy"),
+                "lbound": _FRACTION, "rbound": _FRACTION, "round_to": (lambda x: _whole(x, 1), "a whole number >= 1"),
+                "metric": (lambda x: x in ("top1", "top5"), "top1 | top5"), "reward_scale": _RATE},
+    AgentConfig: {"algorithm": (lambda x: x in ALGORITHMS, " | ".join(ALGORITHMS)),
+                  "hidden": (lambda x: len(x) >= 1 and all(_whole(v, 1) for v in x), "whole numbers >= 1"),
+                  "actor_lr": _RATE, "critic_lr": _RATE, "tau": _FRACTION,
+                  "batch_size": (lambda x: _whole(x, 1), "a whole number >= 1"),
+                  "gamma": (lambda x: _finite(x) and 0 <= x <= 1, "a number in [0, 1]"),
+                  "buffer_per_group": (lambda x: _whole(x, 1), "a whole number >= 1"),
+                  "warmup_episodes": (lambda x: _whole(x, 0), "a whole number >= 0"),
+                  "sigma": (lambda x: _finite(x) and x >= 0, "a finite number >= 0"), "sigma_decay": _FRACTION,
+                  "baseline_momentum": _FRACTION},
+    TrainConfig: {"epochs": (lambda x: _whole(x, 1), "a whole number >= 1"), "lr": _RATE,
+                  "weight_decay": (lambda x: _finite(x) and x >= 0, "a finite number >= 0"),
+                  "momentum": (lambda x: _finite(x) and 0 <= x < 1, "a number in [0, 1)"),
+                  "batch_size": (lambda x: _whole(x, 1), "a whole number >= 1"),
+                  "seed": (lambda x: _whole(x, 0), "a whole number >= 0")},
+    SearchConfig: {"episodes": (lambda x: _whole(x, 1), "a whole number >= 1"),
+                   "top_k": (lambda x: _whole(x, 1), "a whole number >= 1"),
+                   "seed": (lambda x: _whole(x, 0), "a whole number >= 0"),
+                   "device": (lambda x: isinstance(x, str) and (x == "cpu" or x.startswith("cuda")), "cpu | cuda[:N]"),
+                   "threads": (lambda x: _whole(x, 0), "a whole number >= 0")},
+}

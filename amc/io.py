@@ -80,9 +80,12 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None
     os.close(fd)
     try:
         write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
+        if path.exists():  # keep the mode the user gave the file
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        else:  # mkstemp creates 0600; give a new file the usual mode
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

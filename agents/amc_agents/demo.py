@@ -4,7 +4,8 @@
 2. run a short DDPG search at 50% of the MACs (:func:`amc_agents.run_search`);
 3. apply the best policy with :func:`amc.apply_policy` (the same model the search scored) and save it.
 
-A second run reuses the trained model and the finished search in the same folder.
+A second run reuses the trained model and the finished search in the same folder; a non-empty folder
+that the demo did not make is refused (the demo never deletes anything).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 from amc.apply import apply_policy, calibration_for
 from amc.config import AgentConfig, CalibrationConfig, DataConfig, ModelConfig, PruneConfig, SearchConfig, TrainConfig
 from amc.cost import macs, params
+from amc.errors import AmcError
 from amc.data import load_splits, normalization
 from amc.evaluation import evaluate
 from amc.io import open_model, save_model
@@ -48,6 +50,11 @@ class DemoResult:
 def run_demo(folder: str | Path, episodes: int = 40, log: Callable[[str], None] = lambda line: None) -> DemoResult:
     """Train, search and apply in ``folder`` (``dense/``, ``search/``, ``compact.pt``); ``log`` gets progress lines."""
     out = Path(folder)
+    marker = out / ".amc-demo"
+    if out.exists() and any(out.iterdir()) and not marker.is_file():
+        raise AmcError(f"{out} is not empty and was not made by amc demo; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    marker.touch()
     torch.manual_seed(0)
     splits = load_splits(DATA, ("train", "test"), num_classes=SPEC.num_classes, image_size=16)
     norm = normalization(DATA)

@@ -7,6 +7,7 @@ checkpoints before every episode) and nothing else: the environment prunes and s
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from amc.config import SearchConfig, differences, replace
+from amc.config import SearchConfig, differences, replace, validate
 from amc.errors import AmcError
 from amc.policy import Policy
 from amc_envs import ChannelPruningEnv, EpisodeResult, PruningTask, open_task
@@ -62,13 +63,14 @@ class SearchRunner:
     # ------------------------------------------------------------ state
     def state_dict(self) -> dict:
         return {"episode": self.episode, "top": self.top, "rng": rng_state(), "agent": self.agent.state_dict(),
-                "elapsed": self.elapsed_before + time.time() - self.started}
+                "elapsed": self.elapsed_before + time.time() - self.started,
+                "episodes_bytes": self.store.episodes_bytes()}
 
     def load_state_dict(self, state: dict) -> None:
         self.episode, self.top, self.elapsed_before = state["episode"], state["top"], state["elapsed"]
         self.agent.load_state_dict(state["agent"])
         set_rng_state(state["rng"])
-        self.store.truncate_episodes(self.episode)
+        self.store.cut_episodes(state["episodes_bytes"])
         self.store.write_policies([self.policy(r) for r in self.top])
 
     def _checkpoint(self) -> int:
@@ -152,29 +154,63 @@ def run_search(cfg: SearchConfig, folder: str | Path, *, resume: bool = False, p
     :data:`RESUMABLE_CHANGES` (any other difference is an :class:`AmcError` listing them).
     ``task``: a prebuilt task for ``cfg`` (else opened from the model and data configs).
     """
-    if resume:
-        store = RunStore.open(folder)
-        stored = store.config()
-        changed = [d for d in differences(stored, cfg) if d.split(":")[0] not in RESUMABLE_CHANGES]
-        if changed:
-            raise AmcError(f"--resume with different settings: {'; '.join(changed)} (only {', '.join(RESUMABLE_CHANGES)} "
-                           "may change)")
-        cfg = replace(stored, episodes=cfg.episodes, device=cfg.device, threads=cfg.threads)
-        store.write_config(cfg)
-    else:
-        store = RunStore.create(folder, cfg)
+    validate(cfg)
+    if not resume:  # check the inputs before the run folder is created
+        RunStore.check_new(folder)
+        task = task or _open_task(cfg)
+    store = RunStore.open(folder) if resume else RunStore.create(folder, cfg)
+    try:
+        if resume:
+            cfg = _resumed_config(store, cfg)
+            task = task or _open_task(cfg)
+        prints = fingerprints(task)
+        if resume:
+            changed = [k for k, v in store.fingerprints().items() if prints.get(k) != v]
+            if changed:
+                raise AmcError(f"--resume on other inputs: the {' and the '.join(changed)} differ from the run's")
+        else:
+            store.write_fingerprints(prints)
+        runner = SearchRunner(task, cfg, store, progress)
+        if resume:
+            state = store.load_state()
+            if state["episode"] > cfg.episodes:
+                raise AmcError(f"the run already has {state['episode']} episodes, more than --episodes {cfg.episodes}")
+            runner.load_state_dict(state)
+        return runner.run(), store
+    finally:
+        store.unlock()
+
+
+def _resumed_config(store: RunStore, cfg: SearchConfig) -> SearchConfig:
+    """The stored config with the settings that may change on resume taken from ``cfg``."""
+    stored = store.config()
+    changed = [d for d in differences(stored, cfg) if d.split(":")[0] not in RESUMABLE_CHANGES]
+    if changed:
+        raise AmcError(f"--resume with different settings: {'; '.join(changed)} (only {', '.join(RESUMABLE_CHANGES)} "
+                       "may change)")
+    cfg = replace(stored, episodes=cfg.episodes, device=cfg.device, threads=cfg.threads)
+    store.write_config(cfg)
+    return cfg
+
+
+def _open_task(cfg: SearchConfig) -> PruningTask:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)  # a model without a checkpoint gets seeded random weights
-    if task is None:
-        if not cfg.model.name and not cfg.model.checkpoint:
-            raise AmcError("give --model (and usually --checkpoint) or a --config that names them")
-        task = open_task(cfg.model, cfg.data, cfg.calibration, cfg.prune, cfg.device)
-    runner = SearchRunner(task, cfg, store, progress)
-    if resume:
-        state = store.load_state()
-        if state["episode"] > cfg.episodes:
-            raise AmcError(f"the run already has {state['episode']} episodes, more than --episodes {cfg.episodes}")
-        runner.load_state_dict(state)
-    return runner.run(), store
+    if not cfg.model.name and not cfg.model.checkpoint:
+        raise AmcError("give --model (and usually --checkpoint) or a --config that names them")
+    return open_task(cfg.model, cfg.data, cfg.calibration, cfg.prune, cfg.device)
+
+
+def fingerprints(task: PruningTask) -> dict:
+    """Identity of a task's inputs: the dense weights and the images that score and calibrate."""
+    def digest(*tensors: torch.Tensor) -> str:
+        h = hashlib.sha256()
+        for t in tensors:
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    return {"model": digest(*task.model.state_dict().values()),
+            "data split": digest(task.search_images, task.search_labels, task.engine.calibration.images)
+            if task.engine.calibration is not None else digest(task.search_images, task.search_labels)}
 

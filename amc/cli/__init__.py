@@ -36,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     except AmcError as exc:
         print(f"amc: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a vanished folder: the last complete files stay as they were
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"amc: error: {exc.strerror or exc}{where} (files written before it are complete)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("amc: interrupted", file=sys.stderr)
+        resume = f"; continue with: amc search --resume {args.resume or args.out}" \
+            if args.command == "search" and (getattr(args, "resume", None) or getattr(args, "out", None)) else ""
+        print(f"amc: interrupted{resume}", file=sys.stderr)
         return 130

@@ -9,14 +9,14 @@ from pathlib import Path
 
 
 from ..apply import apply_policy, calibration_for
-from ..config import replace
+from ..config import replace, validate
 from ..data import normalization
 from ..errors import AmcError
 from ..evaluation import evaluate
 from ..io import export_onnx, save_model
 from ..policy import Policy
 from .args import add_flags, add_model_arg, command_line, print_table, section
-from .common import normalized, open_from_args, splits_for
+from .common import check_device, check_output, normalized, open_from_args, splits_for
 
 
 def add_parser(sub) -> None:
@@ -36,6 +36,7 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true", help="apply to a model whose non-prunable layers differ")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="where to save the pruned model (.pt)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--onnx", help="also export ONNX to this file (checked with onnxruntime when installed)")
     p.set_defaults(func=run)
 
@@ -46,27 +47,30 @@ def run(args: argparse.Namespace) -> int:
     model_cfg = replace(model_cfg, name=model_cfg.name or policy.model.get("name"),
                         num_classes=model_cfg.num_classes or policy.model.get("num_classes"),
                         input_shape=model_cfg.input_shape or tuple(policy.input_shape))
-    inputs = {Path(p).resolve() for p in (args.policy, model_cfg.checkpoint) if p}
-    for out in (args.out, args.onnx):
-        if out and Path(out).resolve() in inputs:
-            raise AmcError(f"output {out} is one of the inputs; choose another file")
+    inputs = (args.policy, model_cfg.checkpoint)
+    check_output(args.out, inputs=inputs, overwrite=args.overwrite)
+    check_output(args.onnx, inputs=inputs + (args.out,), overwrite=args.overwrite)
+    finetune_dir = Path(args.out).with_suffix("").as_posix() + "_finetune"
+    if args.finetune_epochs > 0:
+        check_output(finetune_dir, inputs=inputs, overwrite=args.overwrite, folder=True)
+    device = check_device(args.device)
     if not model_cfg.checkpoint and not args.random_init:
         raise AmcError("no --checkpoint: the model would have random weights (add --random-init if that is intended)")
     if args.finetune_epochs < 0:
         raise AmcError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
     model, spec, _ = open_from_args(args, model_cfg)
-    model.to(args.device)
-    prune = section(args, "prune", policy.prune)
+    model.to(device)
+    prune = validate(section(args, "prune", policy.prune))
     if args.no_recovery:
         prune = replace(prune, reconstruct=False, bn_batches=0)
-    data = section(args, "data", policy.data) if (args.dataset or policy.data) else None
+    data = validate(section(args, "data", policy.data)) if (args.dataset or policy.data) else None
     uses_data = prune.reconstruct or prune.bn_batches > 0 or prune.criterion in ("apoz", "mean_activation", "taylor")
     calibration = None
     if uses_data:
         if data is None:
             raise AmcError("the policy's recovery needs calibration images: give --dataset and --data-dir, "
                            "or --no-recovery")
-        calibration = calibration_for(policy, data=data, device=args.device)
+        calibration = calibration_for(policy, data=data, device=device)
     started = time.perf_counter()
     applied = apply_policy(model, policy, calibration=calibration, prune=prune, force=args.force)
     compact = applied.model
@@ -74,15 +78,15 @@ def run(args: argparse.Namespace) -> int:
             {"model": "pruned", "macs": applied.costs["macs"][1], "params": applied.costs["params"][1]}]
     if data is not None:
         test = splits_for(data, spec, ("test",))["test"]
-        test_x, test_y = normalized(data, test, args.device)
+        test_x, test_y = normalized(data, test, device)
         rows[0]["test_top1"] = evaluate(model, test_x, test_y)["top1"]
         rows[1]["test_top1"] = evaluate(compact, test_x, test_y)["top1"]
         if args.finetune_epochs > 0:
             from ..training import train  # noqa: PLC0415
 
-            cfg = replace(section(args, "train"), epochs=args.finetune_epochs, lr=args.lr or 0.01)
+            cfg = validate(replace(section(args, "train"), epochs=args.finetune_epochs, lr=args.lr or 0.01))
             train(compact, spec, splits_for(data, spec, ("train",))["train"], test, normalization(data), cfg,
-                  Path(args.out).with_suffix("").as_posix() + "_finetune", device=args.device, log=print)
+                  finetune_dir, device=device, log=print)
             rows.append({"model": "pruned+finetune", "macs": rows[1]["macs"], "params": rows[1]["params"],
                          "test_top1": evaluate(compact, test_x, test_y)["top1"]})
     elif args.finetune_epochs > 0:

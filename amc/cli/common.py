@@ -1,11 +1,13 @@
-"""Helpers shared by the commands: opening the model and data a command's flags describe."""
+"""Helpers shared by the commands: opening the model and data a command's flags describe, checking outputs."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
 from ..config import DataConfig, ModelConfig
+from ..errors import AmcError
 from ..data import ImageSet, load_splits, normalization
 from ..io import open_model
 from ..models import ModelSpec
@@ -25,3 +27,30 @@ def splits_for(data: DataConfig, spec: ModelSpec, names: tuple[str, ...]) -> dic
 
 def normalized(data: DataConfig, images: ImageSet, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     return normalization(data)(images.images).to(device), images.labels.to(device)
+
+
+def check_device(device: str | None) -> str:
+    device = device or "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise AmcError(f"--device {device}: no CUDA device is available here (use --device cpu)")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise AmcError(f"--device {device}: expected cpu or cuda[:N]")
+    return device
+
+
+def check_output(path: str | Path | None, *, inputs: tuple = (), overwrite: bool = False, folder: bool = False) -> None:
+    """Refuse an output that is an input, exists (unless ``overwrite``; a folder only when non-empty), or cannot be written."""
+    if not path:
+        return
+    out = Path(path)
+    if out.resolve() in {Path(p).resolve() for p in inputs if p}:
+        raise AmcError(f"output {out} is one of the inputs; choose another path")
+    if out.exists() and not overwrite:
+        if folder and out.is_dir() and not any(out.iterdir()):
+            return
+        raise AmcError(f"{out} already exists; choose another path or add --overwrite")
+    if out.exists() and not folder and out.is_dir():
+        raise AmcError(f"{out} is a folder, expected a file path")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise AmcError(f"cannot write {out}: {parent} is a file")

@@ -9,7 +9,8 @@ import torch
 from ..cost import macs, params
 from ..evaluation import evaluate
 from .args import add_flags, add_model_arg, print_table, section
-from .common import normalized, open_from_args, splits_for
+from ..config import validate
+from .common import check_device, normalized, open_from_args, splits_for
 
 
 def add_parser(sub) -> None:
@@ -23,11 +24,12 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    data = validate(section(args, "data"))
+    device = check_device(args.device)
     model, spec, _ = open_from_args(args)
-    data = section(args, "data")
     split = splits_for(data, spec, (args.split,))[args.split]
-    model.to(args.device)
-    metrics = evaluate(model, *normalized(data, split, args.device))
+    model.to(device)
+    metrics = evaluate(model, *normalized(data, split, device))
     x = torch.zeros(1, *spec.input_shape)
     result = {"model": spec.name, "split": args.split, **metrics, "macs": macs(model, x), "params": params(model)}
     if args.json:

@@ -11,6 +11,7 @@ import yaml
 from ..config import SearchConfig, from_dict
 from ..errors import AmcError
 from .args import add_flags, search_config
+from .common import check_device
 
 
 def add_parser(sub) -> None:
@@ -75,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         name = f"{(cfg.model.name or 'model').replace(':', '_')}-{cfg.agent.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
         out = Path(args.out or Path("results") / name)
+    args.out = str(out)  # named in the message if the search is interrupted
+    check_device(cfg.device)
     show, close = progress_reporter(cfg.episodes, args.quiet, args.log_every)
     try:
         best, store = run_search(cfg, out, resume=bool(args.resume), progress=show)

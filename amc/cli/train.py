@@ -9,13 +9,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..config import DataConfig, ModelConfig, TrainConfig, from_dict, replace, to_dict
+from ..config import DataConfig, ModelConfig, TrainConfig, from_dict, replace, to_dict, validate
 from ..errors import AmcError
 from ..io import atomic_write_text
 from ..models import ModelSpec, build_model, default_input_shape
 from ..training import train
 from .args import add_flags, add_model_arg, section
-from .common import open_from_args, splits_for
+from .common import check_device, check_output, open_from_args, splits_for
 
 
 def add_parser(sub) -> None:
@@ -24,6 +24,7 @@ def add_parser(sub) -> None:
     add_flags(p, "model", "data", "train", "run", skip=("--exclude", "--episodes", "--top-k"))
     p.add_argument("--out", default="results/train", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
 
@@ -41,8 +42,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         model_cfg, data_cfg = section(args, "model"), section(args, "data")
         cfg = replace(section(args, "train"), seed=args.seed)
-    if cfg.epochs < 1 or cfg.batch_size < 1 or not cfg.lr > 0:
-        raise AmcError(f"epochs and batch size must be positive and lr > 0, got {cfg.epochs}, {cfg.batch_size}, {cfg.lr}")
+        check_output(out, inputs=(model_cfg.checkpoint,), overwrite=args.overwrite, folder=True)
+    for c in (model_cfg, data_cfg, cfg):
+        validate(c)
+    device = check_device(args.device)
     if model_cfg.checkpoint:
         model, spec, _ = open_from_args(args, model_cfg)
     else:
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     from ..data import normalization  # noqa: PLC0415
     history = train(model, spec, data["train"], data["test"], normalization(data_cfg), cfg, out, resume=args.resume,
-                    device=args.device or "cpu", log=None if args.quiet else print,
+                    device=device, log=None if args.quiet else print,
                     bar=not args.quiet and sys.stderr.isatty())
     last = history.iloc[-1]
     print(f"trained {spec.name} for {cfg.epochs} epochs in {time.perf_counter() - started:.0f} s; "

@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 
 from ..api import uniform_policy
-from ..errors import AmcError
+from ..config import validate
 from .args import add_flags, add_model_arg, command_line, section
-from .common import open_from_args
+from .common import check_output, open_from_args
 
 
 def add_parser(sub) -> None:
@@ -15,14 +15,16 @@ def add_parser(sub) -> None:
     add_flags(p, "model", "prune", "calibration", "data")
     add_flags(p, "env", skip=("--mode", "--rbound", "--metric", "--reward-scale"), required=("--target",))
     p.add_argument("--out", required=True, help="policy JSON to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     model_cfg, env = section(args, "model"), section(args, "env")
+    for name in ("env", "prune", "calibration", "data"):
+        validate(section(args, name), name)
+    check_output(args.out, inputs=(model_cfg.checkpoint,), overwrite=args.overwrite)
     model, spec, _ = open_from_args(args, model_cfg)
-    if args.out in {model_cfg.checkpoint}:
-        raise AmcError(f"--out {args.out} is the input checkpoint; choose another file")
     policy = uniform_policy(model, spec.input_shape, env.target, env.cost, round_to=env.round_to, lbound=env.lbound,
                             exclude=model_cfg.exclude, prune=section(args, "prune"), model_spec=spec.to_dict())
     policy.calibration = section(args, "calibration")

@@ -41,10 +41,13 @@ Layout = tuple[Segment, ...]
 
 @dataclass
 class Layer:
-    """A conv, linear or BatchNorm module as it is called in the traced forward pass.
+    """A conv, linear, BatchNorm or LayerNorm module as it is called in the traced forward pass.
 
     ``kind``: its :class:`~amc.structure.layers.LayerKind` adapter. ``in_hw`` / ``out_hw``: input
-    and output spatial size ((1, 1) for linear layers).
+    and output spatial size ((1, 1) for linear layers on (N, features); the positions of a linear
+    applied over the last dim of a channels-last tensor). ``call``: 1 for the module's first call;
+    a module called again is listed once per call (MACs count every call, parameters the first).
+    Layers the analysis cannot slice are listed too, their layouts in groups that are not prunable.
     """
 
     name: LayerName
@@ -54,6 +57,7 @@ class Layer:
     out_layout: Layout
     out_hw: tuple[int, int] = (1, 1)
     in_hw: tuple[int, int] = (1, 1)
+    call: int = 1
 
 
 @dataclass
@@ -61,7 +65,7 @@ class ChannelGroup:
     """Channels pruned together; ``index`` is its position in forward order.
 
     producers: layers whose output channels these are; followers: per-channel layers on them
-    (BatchNorm, depthwise convs); consumers: layers reading them as input. ``blocks``: the channels
+    (BatchNorm, depthwise convs, LayerNorm); consumers: layers reading them as input. ``blocks``: the channels
     form this many equal contiguous blocks (grouped convs) and each keeps the same count, so kept
     counts are multiples of ``blocks``. ``reason``: why the group is not prunable (None if it is).
     """
@@ -88,8 +92,9 @@ class ChannelGroup:
 class DependencyGraph:
     """Layers (forward order) and channel groups of a model traced on one input of ``input_shape``.
 
-    ``fixed_params``: parameters of modules that are not conv/linear/BN layers (they do not change
-    with pruning). Built by :func:`amc.structure.trace`.
+    ``fixed_params``: parameters that belong to no layer of :attr:`layers` (layer scales, embeddings,
+    modules never called...; they do not change with pruning). Built by :func:`amc.structure.trace`.
+    Group names are unique; the group produced by a module's second call is named ``module#2``.
     """
 
     input_shape: tuple[int, ...]

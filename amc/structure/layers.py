@@ -8,8 +8,10 @@ adapter of a module; adding a layer type means adding one adapter here and one c
 
 Kinds: ``conv`` (Conv2d, groups=1), ``grouped`` (1 < groups, sliced keeping equal counts per conv
 group), ``depthwise`` (groups = in = out channels: a follower of its input's channels), ``linear``
-and ``bn`` (BatchNorm1d/2d, a follower). *Producers* create channels (conv, grouped, linear);
-*followers* act per channel of their input (depthwise, bn).
+(also over the last dim of an N-d tensor, e.g. channels-last (N, H, W, C): its MACs count every
+position), ``bn`` (BatchNorm1d/2d, a follower) and ``layernorm`` (LayerNorm over one dim, a follower
+whose weight and bias are sliced). *Producers* create channels (conv, grouped, linear); *followers*
+act per channel of their input (depthwise, bn, layernorm).
 """
 from __future__ import annotations
 
@@ -58,6 +60,10 @@ class LayerKind:
     def macs(self, m: nn.Module, c_in: int, c_out: int, out_hw: tuple[int, int]) -> int:
         """Multiply-accumulates for one example."""
         return 0
+
+    def dense_widths(self, m: nn.Module) -> tuple[int, int]:
+        """(input, output) features of the unpruned module."""
+        raise NotImplementedError
 
     def params(self, m: nn.Module, c_in: int, c_out: int) -> int:
         """Parameter elements at these widths."""
@@ -117,6 +123,9 @@ class Conv(LayerKind):
     def input_columns(self, m, x):
         return F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)
 
+    def dense_widths(self, m):
+        return m.in_channels, m.out_channels
+
     def manifest(self, m):
         return {"in_channels": m.in_channels, "out_channels": m.out_channels, "groups": m.groups}
 
@@ -157,10 +166,15 @@ class Depthwise(Conv):
 
 
 class Linear(LayerKind):
+    """A Linear layer; on an N-d input it acts on the last dim, once per position (``out_hw``: the positions)."""
+
     name = "linear"
 
     def macs(self, m, c_in, c_out, out_hw):
-        return c_in * c_out
+        return c_in * c_out * out_hw[0] * out_hw[1]
+
+    def dense_widths(self, m):
+        return m.in_features, m.out_features
 
     def params(self, m, c_in, c_out):
         return c_in * c_out + (c_out if m.bias is not None else 0)
@@ -177,7 +191,7 @@ class Linear(LayerKind):
         return m.weight.detach().abs().pow(power).sum(0)
 
     def input_columns(self, m, x):
-        return x.reshape(x.shape[0], -1, 1)
+        return x.reshape(x.shape[0], -1, m.in_features).transpose(1, 2)  # (N, features, positions)
 
     def manifest(self, m):
         return {"in_features": m.in_features, "out_features": m.out_features}
@@ -195,6 +209,9 @@ class BatchNorm(LayerKind):
 
     def params(self, m, c_in, c_out):
         return 2 * c_in if m.affine else 0
+
+    def dense_widths(self, m):
+        return m.num_features, m.num_features
 
     def slice(self, m, in_idx, out_idx):
         for attr in ("weight", "bias"):
@@ -214,7 +231,39 @@ class BatchNorm(LayerKind):
             m.running_mean, m.running_var = torch.zeros(n), torch.ones(n)
 
 
-CONV, GROUPED, DEPTHWISE, LINEAR, BATCHNORM = Conv(), Grouped(), Depthwise(), Linear(), BatchNorm()
+class LayerNorm(LayerKind):
+    """LayerNorm over the channel dim (channels-last): weight and bias are sliced like BatchNorm's.
+
+    It normalizes over the channels, so removing channels changes its statistics: the tracer
+    pins the groups it normalizes; the adapter is here for counting, manifests and slicing.
+    """
+
+    name = "layernorm"
+    role = "follower"
+
+    def params(self, m, c_in, c_out):
+        return sum(c_in for p in (m.weight, m.bias) if p is not None)
+
+    def dense_widths(self, m):
+        return m.normalized_shape[-1], m.normalized_shape[-1]
+
+    def slice(self, m, in_idx, out_idx):
+        for attr in ("weight", "bias"):
+            _set(m, attr, _take(getattr(m, attr), 0, in_idx))
+        m.normalized_shape = (len(in_idx),)
+
+    def manifest(self, m):
+        return {"normalized_shape": m.normalized_shape[-1]}
+
+    def resize(self, m, shape):
+        n = int(shape["normalized_shape"])
+        m.normalized_shape = (n,)
+        for attr in ("weight", "bias"):
+            if getattr(m, attr) is not None:
+                setattr(m, attr, nn.Parameter(torch.empty(n)))
+
+
+CONV, GROUPED, DEPTHWISE, LINEAR, BATCHNORM, LAYERNORM = Conv(), Grouped(), Depthwise(), Linear(), BatchNorm(), LayerNorm()
 
 
 def kind_of(module: nn.Module) -> LayerKind | None:
@@ -229,4 +278,6 @@ def kind_of(module: nn.Module) -> LayerKind | None:
         return LINEAR
     if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
         return BATCHNORM
+    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
+        return LAYERNORM
     return None
