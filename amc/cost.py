@@ -6,8 +6,11 @@ observations and reports, thousands of times per search), and the cost of a real
 by running it (used to check compact models). Two are built in:
 
 - :class:`MacsCost` (``"macs"``, alias ``"flops"``): multiply-accumulates of Conv2d and Linear layers
-  for one input example. Bias, BatchNorm, activations, pooling and additions are not counted;
+  for one input example, every call counted (a Linear over the last dim of an N-d tensor once per
+  position). Bias, BatchNorm, LayerNorm, activations, pooling and additions are not counted;
   ``torch.utils.flop_counter.FlopCounterMode`` reports exactly twice this number (2 FLOPs per MAC).
+  The tracer records every conv/linear call, also those it cannot slice, so the accounting covers
+  the whole model.
 - :class:`ParamsCost` (``"params"``): parameter elements (BatchNorm affine weights included, buffers not).
 
 A latency table is one more class with the same two methods (``exact = False``: its estimate is not
@@ -67,6 +70,8 @@ class ParamsCost:
     exact = True
 
     def layer_cost(self, graph: DependencyGraph, layer: Layer, keep: Keep | None = None) -> float:
+        if layer.call > 1:
+            return 0  # a module called again: its parameters are counted at its first call
         return layer.kind.params(layer.module, graph.width(layer.in_layout, keep), graph.width(layer.out_layout, keep))
 
     def cost(self, graph: DependencyGraph, keep: Keep | None = None) -> float:
@@ -89,7 +94,10 @@ def cost_model(name: str | CostModel) -> CostModel:
 
 
 def macs(model: nn.Module, example_input: torch.Tensor) -> int:
-    """MACs of ``model``'s Conv2d and Linear layers for **one** example (``example_input[:1]`` is run)."""
+    """MACs of ``model``'s Conv2d and Linear layers for **one** example (``example_input[:1]`` is run).
+
+    Each call counts output elements x inputs per output (a Linear's ``in_features``: right for N-d inputs too).
+    """
     total = 0
 
     def count(module, inputs, output):

@@ -82,3 +82,193 @@ def random_kept(graph, frac=0.5, seed=0):
         n = max(1, int(size * frac))
         kept[g.name] = torch.cat([b * size + torch.randperm(size, generator=gen)[:n] for b in range(g.blocks)]).sort().values
     return kept
+
+
+# ---------------------------------------------------------------- patterns of deployed networks (tests/test_patterns.py)
+def stochastic_depth(x, p: float, training: bool):
+    """torchvision.ops.stochastic_depth's contract (mode "row"): identity in eval, per-sample drop in training."""
+    if not training or p == 0.0:
+        return x
+    keep = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).bernoulli_(1 - p)
+    return x * keep / (1 - p)
+
+
+torch.fx.wrap("stochastic_depth")  # a leaf call in fx graphs, as torchvision registers it
+
+
+class SqueezeExcite(nn.Module):
+    """MobileNetV3/EfficientNet SE: pool, reduce conv, ReLU, expand conv, gate, multiply."""
+
+    def __init__(self, channels, reduced, gate=nn.Hardsigmoid):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, reduced, 1)
+        self.fc2 = nn.Conv2d(reduced, channels, 1)
+        self.gate = gate()
+
+    def forward(self, x):
+        return x * self.gate(self.fc2(torch.relu(self.fc1(self.pool(x)))))
+
+
+class LinearSqueezeExcite(nn.Module):
+    """SE written with Linear layers: x.mean((2, 3)) -> fc -> fc -> view(N, C, 1, 1) -> scale * x."""
+
+    def __init__(self, channels, reduced):
+        super().__init__()
+        self.fc1 = nn.Linear(channels, reduced)
+        self.fc2 = nn.Linear(reduced, channels)
+
+    def forward(self, x):
+        s = torch.sigmoid(self.fc2(nn.functional.silu(self.fc1(x.mean((2, 3))))))
+        return s.view(x.size(0), x.size(1), 1, 1).expand_as(x) * x
+
+
+class SENet(nn.Module):
+    """An inverted residual with SE (expand, depthwise, SE, project, residual), a head conv and a classifier."""
+
+    def __init__(self, linear_se=False):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.stem_bn = nn.BatchNorm2d(16)
+        self.expand = nn.Conv2d(16, 32, 1)
+        self.expand_bn = nn.BatchNorm2d(32)
+        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.dw_bn = nn.BatchNorm2d(32)
+        self.se = LinearSqueezeExcite(32, 8) if linear_se else SqueezeExcite(32, 8)
+        self.project = nn.Conv2d(32, 16, 1)
+        self.project_bn = nn.BatchNorm2d(16)
+        self.head = nn.Conv2d(16, 24, 1)
+        self.fc = nn.Linear(24, 5)
+
+    def forward(self, x):
+        s = nn.functional.hardswish(self.stem_bn(self.stem(x)))
+        y = torch.relu(self.dw_bn(self.dw(torch.relu(self.expand_bn(self.expand(s))))))
+        y = self.project_bn(self.project(self.se(y)))
+        y = torch.relu(self.head(s + y))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+class ConvNeXtNet(nn.Module):
+    """A ConvNeXt block: dwconv 7x7, permute to channels-last, LayerNorm, Linear, GELU, Linear, layer scale,
+    permute back, stochastic depth, residual; a conv stem, a downsampling conv and a classifier."""
+
+    def __init__(self, dim=16):
+        super().__init__()
+        self.stem = nn.Conv2d(3, dim, 2, stride=2)
+        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), 0.5))
+        self.down = nn.Conv2d(dim, 2 * dim, 2, stride=2)
+        self.fc = nn.Linear(2 * dim, 5)
+
+    def forward(self, x):
+        s = self.stem(x)
+        y = self.dwconv(s).permute(0, 2, 3, 1)
+        y = self.gamma * self.pwconv2(self.act(self.pwconv1(self.norm(y))))
+        s = s + stochastic_depth(y.permute(0, 3, 1, 2), 0.1, self.training)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.down(s), 1), 1))
+
+
+def channel_shuffle(x, groups: int):
+    """ShuffleNetV2's shuffle, written as torchvision writes it."""
+    batchsize, num_channels, height, width = x.size()
+    x = x.view(batchsize, groups, num_channels // groups, height, width)
+    x = torch.transpose(x, 1, 2).contiguous()
+    return x.view(batchsize, num_channels, height, width)
+
+
+class ShuffleNet(nn.Module):
+    """A ShuffleNetV2 unit (chunk, branch of 1x1 / depthwise 3x3 / 1x1, cat, channel shuffle) between stem and head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.b1 = nn.Conv2d(8, 8, 1)
+        self.b1_bn = nn.BatchNorm2d(8)
+        self.b2 = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.b2_bn = nn.BatchNorm2d(8)
+        self.b3 = nn.Conv2d(8, 8, 1)
+        self.b3_bn = nn.BatchNorm2d(8)
+        self.head = nn.Conv2d(16, 12, 1)
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x1, x2 = torch.relu(self.stem(x)).chunk(2, dim=1)
+        y = torch.relu(self.b1_bn(self.b1(x2)))
+        y = torch.relu(self.b3_bn(self.b3(self.b2_bn(self.b2(y)))))
+        y = channel_shuffle(torch.cat((x1, y), dim=1), 2)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(torch.relu(self.head(y)), 1), 1))
+
+
+class ViewFlattenNet(nn.Module):
+    """The hand-written flatten x.view(x.size(0), -1) before a classifier, behind a dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 12, 3, stride=2, padding=1)
+        self.drop = nn.Dropout(0.2)
+        self.fc = nn.Linear(12 * 2 * 2, 5)
+
+    def forward(self, x):
+        y = nn.functional.adaptive_avg_pool2d(torch.relu(self.c2(torch.relu(self.c1(x)))), 2)
+        return self.fc(self.drop(y.view(y.size(0), -1)))
+
+
+class GroupedConcatNet(nn.Module):
+    """A grouped conv reading a concatenation: its input is pinned, its output stays prunable."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(3, 4, 1)
+        self.g = nn.Conv2d(8, 12, 3, padding=1, groups=2)
+        self.bn = nn.BatchNorm2d(12)
+        self.c = nn.Conv2d(12, 6, 1)
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.g(torch.cat([self.a(x), self.b(x)], 1))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(torch.relu(self.c(y)), 1), 1))
+
+
+class TwiceNet(nn.Module):
+    """A conv module called twice (shared weights), then a conv of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.shared = nn.Conv2d(8, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 10, 3, padding=1)
+        self.fc = nn.Linear(10, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.shared(torch.relu(self.shared(torch.relu(self.c1(x))))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(torch.relu(self.c2(y)), 1), 1))
+
+
+class StochasticDepthNet(nn.Module):
+    """Residual blocks whose branch goes through stochastic depth (a wrapped function) and nn.Dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.c1 = nn.Conv2d(8, 12, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(12)
+        self.c2 = nn.Conv2d(12, 8, 3, padding=1)
+        self.drop = nn.Dropout(0.1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        s = torch.relu(self.stem(x))
+        y = self.c2(self.drop(torch.relu(self.bn1(self.c1(s)))))
+        s = torch.relu(s + stochastic_depth(y, 0.2, self.training))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(s, 1), 1))
+
+
+PATTERN_NETS = {"se": SENet, "se_linear": lambda: SENet(linear_se=True), "convnext": ConvNeXtNet,
+                "shuffle": ShuffleNet, "view_flatten": ViewFlattenNet, "grouped_concat": GroupedConcatNet,
+                "twice": TwiceNet, "stochastic_depth": StochasticDepthNet}

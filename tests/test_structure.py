@@ -90,3 +90,19 @@ def test_untraceable_model_is_reported():
 
     with pytest.raises(AmcError, match="cannot trace"):
         trace(Dynamic(), (3, 8, 8))
+
+
+def test_group_names_are_unique_and_stable():
+    from .nets import TwiceNet
+
+    names = [[g.name for g in trace(TwiceNet(), (3, 8, 8)).groups] for _ in range(2)]
+    assert names[0] == names[1] == ["c1", "shared", "shared#2", "c2", "fc"]
+    graph = trace(TwiceNet(), (3, 8, 8), exclude=["c2"])
+    assert graph.group["c2"].reason == "excluded by pattern 'c2'" and not graph.prunable
+
+
+def test_existing_models_keep_their_layers_and_groups():
+    """The new patterns add nothing to networks without them (policy fingerprints stay valid)."""
+    graph = trace(build_model(ModelSpec("mobilenet_v2")), (3, 32, 32))
+    assert [layer.kind.name for layer in graph.layers].count("layernorm") == 0
+    assert all(layer.call == 1 for layer in graph.layers) and graph.fixed_params == 0

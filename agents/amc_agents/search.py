@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -54,6 +55,7 @@ class SearchRunner:
         self.env = ChannelPruningEnv(task, cfg.env)
         self.groups = self.env.groups
         self.agent = make_agent(cfg.agent, self.env, cfg.seed, cfg.device)
+        self.run_id = store.fingerprints().get("run id")  # ties checkpoints to this folder
         self.episode = 0
         self.top: list[EpisodeRecord] = []
         self.elapsed_before = 0.0
@@ -64,9 +66,12 @@ class SearchRunner:
     def state_dict(self) -> dict:
         return {"episode": self.episode, "top": self.top, "rng": rng_state(), "agent": self.agent.state_dict(),
                 "elapsed": self.elapsed_before + time.time() - self.started,
-                "episodes_bytes": self.store.episodes_bytes()}
+                "episodes_bytes": self.store.episodes_bytes(), "run_id": self.run_id}
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("run_id") != self.run_id:
+            raise AmcError(f"{self.store.state_path} belongs to another run than {self.store.folder}; "
+                           "the run cannot continue exactly")
         self.episode, self.top, self.elapsed_before = state["episode"], state["top"], state["elapsed"]
         self.agent.load_state_dict(state["agent"])
         set_rng_state(state["rng"])
@@ -155,9 +160,10 @@ def run_search(cfg: SearchConfig, folder: str | Path, *, resume: bool = False, p
     ``task``: a prebuilt task for ``cfg`` (else opened from the model and data configs).
     """
     validate(cfg)
-    if not resume:  # check the inputs before the run folder is created
+    if not resume:  # check the inputs (and that the budget is reachable) before the run folder is created
         RunStore.check_new(folder)
         task = task or _open_task(cfg)
+        ChannelPruningEnv(task, cfg.env)
     store = RunStore.open(folder) if resume else RunStore.create(folder, cfg)
     try:
         if resume:
@@ -165,17 +171,18 @@ def run_search(cfg: SearchConfig, folder: str | Path, *, resume: bool = False, p
             task = task or _open_task(cfg)
         prints = fingerprints(task)
         if resume:
-            changed = [k for k, v in store.fingerprints().items() if prints.get(k) != v]
+            changed = [k for k, v in store.fingerprints().items() if k in prints and prints[k] != v]
             if changed:
                 raise AmcError(f"--resume on other inputs: the {' and the '.join(changed)} differ from the run's")
         else:
-            store.write_fingerprints(prints)
+            store.write_fingerprints({**prints, "run id": uuid.uuid4().hex})
         runner = SearchRunner(task, cfg, store, progress)
         if resume:
             state = store.load_state()
             if state["episode"] > cfg.episodes:
                 raise AmcError(f"the run already has {state['episode']} episodes, more than --episodes {cfg.episodes}")
             runner.load_state_dict(state)
+            store.write_config(cfg)  # the episode count may have changed
         return runner.run(), store
     finally:
         store.unlock()
@@ -188,9 +195,7 @@ def _resumed_config(store: RunStore, cfg: SearchConfig) -> SearchConfig:
     if changed:
         raise AmcError(f"--resume with different settings: {'; '.join(changed)} (only {', '.join(RESUMABLE_CHANGES)} "
                        "may change)")
-    cfg = replace(stored, episodes=cfg.episodes, device=cfg.device, threads=cfg.threads)
-    store.write_config(cfg)
-    return cfg
+    return replace(stored, episodes=cfg.episodes, device=cfg.device, threads=cfg.threads)
 
 
 def _open_task(cfg: SearchConfig) -> PruningTask:

@@ -15,8 +15,15 @@ from . import apply, demo, evaluate, inspect, report, search, train, uniform
 COMMANDS = (train, evaluate, inspect, uniform, search, apply, report, demo)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as one line like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"amc: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="amc", description="AutoML for Model Compression: search per-layer "
+    parser = Parser(prog="amc", description="AutoML for Model Compression: search per-layer "
                                      "channel-pruning policies and prune CNNs for real. Preserve ratio = fraction "
                                      "of a group's channels kept; MACs = multiply-accumulates per example.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

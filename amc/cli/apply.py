@@ -58,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         raise AmcError("no --checkpoint: the model would have random weights (add --random-init if that is intended)")
     if args.finetune_epochs < 0:
         raise AmcError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    finetune = validate(replace(section(args, "train"), epochs=max(1, args.finetune_epochs),
+                                lr=args.lr if args.lr is not None else 0.01))
     model, spec, _ = open_from_args(args, model_cfg)
     model.to(device)
     prune = validate(section(args, "prune", policy.prune))
@@ -84,8 +86,7 @@ def run(args: argparse.Namespace) -> int:
         if args.finetune_epochs > 0:
             from ..training import train  # noqa: PLC0415
 
-            cfg = validate(replace(section(args, "train"), epochs=args.finetune_epochs, lr=args.lr or 0.01))
-            train(compact, spec, splits_for(data, spec, ("train",))["train"], test, normalization(data), cfg,
+            train(compact, spec, splits_for(data, spec, ("train",))["train"], test, normalization(data), finetune,
                   finetune_dir, device=device, log=print)
             rows.append({"model": "pruned+finetune", "macs": rows[1]["macs"], "params": rows[1]["params"],
                          "test_top1": evaluate(compact, test_x, test_y)["top1"]})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import DataConfig, ModelConfig
+from ..config import DataConfig, ModelConfig, validate
 from ..errors import AmcError
 from ..data import ImageSet, load_splits, normalization
 from ..io import open_model
@@ -16,7 +16,7 @@ from .args import section
 
 def open_from_args(args: argparse.Namespace, model: ModelConfig | None = None):
     """(model, spec, extras) for the model flags (or ``model``)."""
-    model = model or section(args, "model")
+    model = validate(model or section(args, "model"), "model")
     classes = model.num_classes or (100 if getattr(args, "dataset", None) == "cifar100" else None)
     return open_model(model.name, model.checkpoint, classes, model.input_shape)
 

@@ -56,6 +56,7 @@ class LayerKind:
 
     name: str = "?"
     role: Literal["producer", "follower"] = "producer"
+    feature_dim: int = 1  # the dim of the layer's input that holds its features (Linear: the last)
 
     def macs(self, m: nn.Module, c_in: int, c_out: int, out_hw: tuple[int, int]) -> int:
         """Multiply-accumulates for one example."""
@@ -169,6 +170,7 @@ class Linear(LayerKind):
     """A Linear layer; on an N-d input it acts on the last dim, once per position (``out_hw``: the positions)."""
 
     name = "linear"
+    feature_dim = -1
 
     def macs(self, m, c_in, c_out, out_hw):
         return c_in * c_out * out_hw[0] * out_hw[1]
@@ -240,6 +242,7 @@ class LayerNorm(LayerKind):
 
     name = "layernorm"
     role = "follower"
+    feature_dim = -1
 
     def params(self, m, c_in, c_out):
         return sum(c_in for p in (m.weight, m.bias) if p is not None)

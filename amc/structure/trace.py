@@ -1,19 +1,28 @@
 """Structure discovery: trace a CNN with ``torch.fx`` and find which channels must be pruned together.
 
-The model is traced with an example input; every tensor with a channel dimension (dim 1) gets a
-layout of *channel spaces* (one normally, several after ``torch.cat``; each channel may span
-``mult`` features after flattening). Layers that only act per channel (BatchNorm, activations,
-pooling, depthwise convs, spatial slicing) pass the layout through; residual additions merge the
-spaces of their operands (union-find); a conv or linear with ``groups=1`` consumes its input
-layout and produces a fresh space. A grouped conv (1 < groups < channels) constrains the spaces it
-reads and writes to keep the same number of channels in each of its ``groups`` equal contiguous
-blocks. ``chunk(n)`` along channels folds a space into ``n`` copies of one smaller space (every
-piece keeps the same channels); ``split`` with explicit sizes cuts spaces at the piece boundaries
-(groups named ``producer[start:end]``) and pins them, the sizes being constants of the code.
+The model is traced with an example input; every tensor with a channel dimension (dim 1, or the
+last dim of a channels-last tensor made by ``permute(0, 2, 3, 1)``) gets a layout of *channel
+spaces* (one normally, several after ``torch.cat``; each channel may span ``mult`` features after
+flattening). Layers that only act per channel (BatchNorm, activations, dropout and stochastic depth,
+pooling, depthwise convs, spatial slicing) pass the layout through; elementwise ops merge the spaces
+of their operands (union-find): residual additions, and broadcasts where one side is per channel
+(N, C, 1, 1), e.g. squeeze-and-excitation gates, whose excite conv thereby becomes a producer of
+the gated channels. A conv or linear with ``groups=1`` consumes its input layout and produces a
+fresh space (a linear over the last dim of a channels-last tensor like a 1x1 conv). A grouped conv
+(1 < groups < channels) constrains the spaces it reads and writes to keep the same number of
+channels in each of its ``groups`` equal contiguous blocks. ``chunk(n)`` along channels folds a
+space into ``n`` copies of one smaller space (every piece keeps the same channels); ``split`` with
+explicit sizes cuts spaces at the piece boundaries (groups named ``producer[start:end]``) and pins
+them, the sizes being constants of the code. ``x.size()`` / ``x.shape`` may size reshapes:
+``x.view(x.size(0), -1)`` is a flatten; sizes written as constants pin the channels they fix.
 
-A group is *prunable* unless something it touches cannot be sliced (the model's input or output,
-an op the analysis does not know, channel padding such as the option-A shortcut of CIFAR ResNets,
-a module called twice) or the user pinned it; the reason is recorded instead of raising.
+A group is *prunable* unless something it touches cannot be sliced, and the reason is recorded
+instead of raising: the model's input or output, an op the analysis does not know, channel padding
+(the option-A shortcut of CIFAR ResNets), a module called twice, a channel shuffle (view, transpose,
+view: a permutation across blocks), a LayerNorm over the channels (removing channels changes its
+statistics), a per-channel constant (layer scale), or the user's ``exclude`` patterns. Every conv,
+linear, BatchNorm and LayerNorm call is recorded as a layer, also when it cannot be sliced (its
+groups are then pinned), so cost accounting always covers the whole model.
 
 The union-find's integer space ids are private to this module: :func:`trace` returns a
 :class:`~amc.structure.graph.DependencyGraph` whose layouts and groups are keyed by group name.
@@ -33,19 +42,27 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import AmcError
 from .graph import ChannelGroup, DependencyGraph, Layer, Segment
-from .layers import BATCHNORM, CONV, DEPTHWISE, GROUPED, LINEAR, LayerKind
+from .layers import BATCHNORM, CONV, DEPTHWISE, GROUPED, LAYERNORM, LINEAR, LayerKind
 
-PER_CHANNEL_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish,
-                       nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Mish, nn.Dropout, nn.Dropout2d, nn.Identity,
-                       nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-PER_CHANNEL_FUNCTIONS = {"relu", "relu_", "relu6", "leaky_relu", "elu", "gelu", "silu", "hardswish",
-                         "hardsigmoid", "sigmoid", "tanh", "mish", "dropout", "dropout2d", "contiguous",
-                         "clone", "detach", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
-                         "adaptive_max_pool2d", "clamp", "hardtanh", "float", "to"}
-ARITHMETIC = {"add", "add_", "iadd", "sub", "sub_", "isub", "mul", "mul_", "imul", "truediv", "div", "div_"}
+ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid,
+                       nn.Sigmoid, nn.Tanh, nn.Mish, nn.Hardtanh, nn.Softplus, nn.Dropout, nn.Dropout1d,
+                       nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Identity)
+PER_CHANNEL_MODULES = ELEMENTWISE_MODULES + (nn.PReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+                                             nn.AdaptiveMaxPool2d)
+ELEMENTWISE_FUNCTIONS = {"relu", "relu_", "relu6", "leaky_relu", "elu", "gelu", "silu", "hardswish", "hardsigmoid",
+                         "sigmoid", "tanh", "mish", "softplus", "neg", "clamp", "hardtanh", "dropout", "dropout1d",
+                         "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout", "stochastic_depth",
+                         "drop_path", "contiguous", "clone", "detach", "float", "to"}
+PER_CHANNEL_FUNCTIONS = ELEMENTWISE_FUNCTIONS | {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
+                                                 "adaptive_max_pool2d"}
+ARITHMETIC = {"add", "add_", "iadd", "sub", "sub_", "isub", "rsub", "mul", "mul_", "imul", "truediv", "div", "div_",
+              "pow", "maximum", "minimum"}
 REDUCTIONS = {"mean", "sum", "amax", "max", "amin", "min"}
-RESHAPES = {"flatten", "view", "reshape"}
+RESHAPES = {"flatten", "view", "reshape", "unsqueeze", "squeeze", "expand", "expand_as"}
+SIZED = {"view", "reshape", "expand"}  # ops whose arguments are target sizes
 SPLITS = {"split", "chunk", "split_with_sizes", "tensor_split"}
+SIZE_QUERIES = {"size", "dim", "numel", "nelement", "ndimension"}
+TO_CHANNELS_LAST, TO_CHANNELS_FIRST = (0, 2, 3, 1), (0, 3, 1, 2)
 
 
 @dataclass(frozen=True)
@@ -69,6 +86,7 @@ class _Layer:
     out_layout: _Layout
     out_hw: tuple[int, int] = (1, 1)
     in_hw: tuple[int, int] = (1, 1)
+    call: int = 1
 
 
 class _Spaces:
@@ -147,6 +165,9 @@ class _Tracer:
         self.layers: list[_Layer] = []
         self._layouts: dict[fx.Node, _Layout] = {}
         self._pieces: dict[fx.Node, list[_Layout]] = {}  # outputs of split/chunk along channels
+        self._last: set[fx.Node] = set()  # channels-last tensors: their layout describes the last dim
+        self._mixed: dict[fx.Node, str] = {}  # tensors inside a channel shuffle -> the reason
+        self._sizes: set[fx.Node] = set()  # values computed from tensor sizes (x.size(), x.shape)
         self._calls: dict[str, int] = {}
         self.fixed_params = 0
         self._trace(model)
@@ -172,8 +193,8 @@ class _Tracer:
                 raise AmcError(f"model does not run on input shape {self.input_shape}: {first}") from None
         for node in gm.graph.nodes:
             self._visit(node, gm)
-        self.fixed_params = sum(p.numel() for n, m in model.named_modules() if not isinstance(
-            m, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)) for p in m.parameters(recurse=False))
+        in_layers = {id(p) for layer in self.layers for p in layer.module.parameters(recurse=False)}
+        self.fixed_params = sum(p.numel() for p in model.parameters() if id(p) not in in_layers)
         for name, count in self._calls.items():
             if count > 1:
                 for layer in self.layers:
@@ -181,16 +202,19 @@ class _Tracer:
                         for seg in layer.in_layout + layer.out_layout:
                             self.spaces.block(seg.space, f"module '{name}' is called {count} times")
 
-    def _fresh(self, node: fx.Node, reason: str | None = None) -> _Layout | None:
+    def _fresh(self, node: fx.Node, reason: str | None = None, dim: int = 1) -> _Layout | None:
         shape = _shape(node)
         if shape is None or len(shape) < 2:
             return None
-        return (_Seg(self.spaces.new(shape[1], reason), shape[1]),)
+        return (_Seg(self.spaces.new(shape[dim], reason), shape[dim]),)
 
-    def _unsupported(self, node: fx.Node, inputs: list[_Layout], why: str) -> _Layout | None:
+    def _block(self, inputs: list[_Layout], why: str) -> None:
         for layout in inputs:
             for seg in layout:
                 self.spaces.block(seg.space, why)
+
+    def _unsupported(self, node: fx.Node, inputs: list[_Layout], why: str) -> _Layout | None:
+        self._block(inputs, why)
         return self._fresh(node, why)
 
     def _tensor_args(self, node: fx.Node) -> list[fx.Node]:
@@ -204,8 +228,7 @@ class _Tracer:
             return
         if node.op == "output":
             for arg in self._tensor_args(node):
-                for seg in self._layouts[arg]:
-                    self.spaces.block(seg.space, "model output")
+                self._block([self._layouts[arg]], "model output")
             return
         if node.op == "get_attr":
             return  # constants/parameters: handled by the op that uses them
@@ -214,72 +237,167 @@ class _Tracer:
             return
         args = self._tensor_args(node)
         inputs = [self._layouts[a] for a in args]
+        if self._is_size(node, args):
+            self._sizes.add(node)
+            return
         shape = _shape(node)
-        if shape is None and _name_of(node) in SPLITS and len(inputs) == 1:
+        if shape is None and _name_of(node) in SPLITS and len(inputs) == 1 and args[0] not in self._last:
             pieces = self._split(node, args[0], inputs[0])
             if pieces is not None:
                 self._pieces[node] = pieces
                 return
-        if shape is None:  # a size, a tuple of tensors, ...
+        if shape is None:  # a tuple of tensors, a number computed from a tensor, ...
             if node.op == "call_function" and node.target is getattr and args:
-                return
+                return  # x.dtype, x.device
             if inputs and any(n.op in ("call_module", "call_function", "call_method") for n in node.users):
                 self._unsupported(node, inputs, f"output feeds non-tensor op '{_name_of(node)}'")
             return
-        if node.op == "call_module":
-            layout = self._visit_module(node, gm.get_submodule(node.target), inputs)
+        mixed = next((self._mixed[a] for a in args if a in self._mixed), None)
+        if mixed is not None and node.op != "call_module":
+            layout = self._unsupported(node, inputs, mixed)
+            if len(shape) != 4:
+                self._mixed[node] = mixed
+        elif node.op == "call_module":
+            layout = self._visit_module(node, gm.get_submodule(node.target), args, inputs)
+        elif args and args[0] in self._last:
+            layout = self._visit_channels_last(node, args, inputs, shape)
         else:
             layout = self._visit_function(node, args, inputs, shape)
         if layout is not None:
             self._layouts[node] = layout
 
-    def _visit_module(self, node: fx.Node, module: nn.Module, inputs: list[_Layout]) -> _Layout | None:
+    def _is_size(self, node: fx.Node, args: list[fx.Node]) -> bool:
+        """``x.size()``, ``x.shape``, ``x.dim()`` and numbers computed from them only (no tensor result)."""
+        name = _name_of(node)
+        if name in SIZE_QUERIES or (name == "getattr" and len(node.args) > 1 and node.args[1] in ("shape", "ndim")):
+            return True
+        if args or node.op == "call_module":
+            return False
+        used: list[fx.Node] = []
+        fx.node.map_arg((node.args, node.kwargs), used.append)
+        return bool(used) and all(n in self._sizes for n in used)
+
+    # ------------------------------------------------------------ modules
+    def _call(self, node: fx.Node) -> tuple[str, int]:
         name = str(node.target)
         self._calls[name] = self._calls.get(name, 0) + 1
+        return name, self._calls[name]
+
+    def _visit_module(self, node: fx.Node, module: nn.Module, args: list[fx.Node],
+                      inputs: list[_Layout]) -> _Layout | None:
+        name, call = self._call(node)
         x = inputs[0] if inputs else ()
-        shape = _shape(node)
+        last = bool(args) and args[0] in self._last
+        mixed = next((self._mixed[a] for a in args if a in self._mixed), None)
         if isinstance(module, nn.Conv2d):
-            hw, in_shape = (shape[2], shape[3]), _shape(node.args[0])
-            in_hw = (in_shape[2], in_shape[3])
-            if module.groups == 1:
-                out = self._fresh(node)
-                self.layers.append(_Layer(name, module, CONV, x, out, hw, in_hw))
-                return out
-            if module.groups == module.in_channels == module.out_channels:
-                self.layers.append(_Layer(name, module, DEPTHWISE, x, x, hw, in_hw))
-                return x
-            return self._grouped_conv(node, name, module, x, hw, in_hw)
+            return self._conv(node, name, call, module, x) if not last and args else \
+                self._fixed_layer(node, name, call, module, CONV, inputs, f"conv '{name}' on a channels-last tensor")
         if isinstance(module, nn.Linear):
-            in_shape = _shape(node.args[0])
-            if len(shape) != 2 or _features(x) != module.in_features or in_shape is None or len(in_shape) != 2:
-                return self._unsupported(node, inputs, f"linear '{name}' applied to a {len(shape)}-d tensor")
-            out = self._fresh(node)
-            self.layers.append(_Layer(name, module, LINEAR, x, out))
-            return out
+            return self._linear(node, name, call, module, args, x)
         if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            self.layers.append(_Layer(name, module, BATCHNORM, x, x))
+            if last or not args or _features(x) != module.num_features:
+                return self._fixed_layer(node, name, call, module, BATCHNORM, inputs,
+                                         f"BatchNorm '{name}' on a tensor whose channels are not dim 1")
+            self.layers.append(_Layer(name, module, BATCHNORM, x, x, call=call))
             return x
-        if isinstance(module, PER_CHANNEL_MODULES) and _channels_kept(node):
+        if isinstance(module, nn.LayerNorm):
+            return self._layer_norm(node, name, call, module, args, x)
+        if mixed is not None:
+            layout = self._unsupported(node, inputs, mixed)
+            if len(_shape(node) or ()) != 4:
+                self._mixed[node] = mixed
+            return layout
+        if isinstance(module, ELEMENTWISE_MODULES) and last and _same_shape(node):
+            self._last.add(node)
+            return x
+        if isinstance(module, PER_CHANNEL_MODULES) and not last and _channels_kept(node):
             if isinstance(module, nn.PReLU) and module.num_parameters > 1:
                 return self._unsupported(node, inputs, f"per-channel PReLU '{name}'")
             return x
-        if isinstance(module, nn.Flatten):
+        if isinstance(module, nn.Flatten) and not last:
             return self._reshape(node, inputs)
         return self._unsupported(node, inputs, f"unsupported module '{name}' ({type(module).__name__})")
 
-    def _grouped_conv(self, node: fx.Node, name: str, module: nn.Conv2d, x: _Layout, hw, in_hw) -> _Layout | None:
-        """A conv with 1 < groups: input and output spaces keep equal counts per conv group."""
+    def _conv(self, node: fx.Node, name: str, call: int, module: nn.Conv2d, x: _Layout) -> _Layout | None:
+        shape, in_shape = _shape(node), _shape(node.args[0])
+        hw, in_hw = (shape[2], shape[3]), (in_shape[2], in_shape[3])
+        if module.groups == 1:
+            out = self._fresh(node)
+            self.layers.append(_Layer(name, module, CONV, x, out, hw, in_hw, call))
+            return out
+        if module.groups == module.in_channels == module.out_channels:
+            self.layers.append(_Layer(name, module, DEPTHWISE, x, x, hw, in_hw, call))
+            return x
+        return self._grouped_conv(node, name, call, module, x, hw, in_hw)
+
+    def _grouped_conv(self, node: fx.Node, name: str, call: int, module: nn.Conv2d, x: _Layout, hw,
+                      in_hw) -> _Layout | None:
+        """A conv with 1 < groups: input and output spaces keep equal counts per conv group.
+
+        Its input is pinned when it cannot be cut into the conv groups (a concatenation, one
+        channel per group); its output stays prunable unless it has one channel per group.
+        """
         g = module.groups
         if len(x) != 1 or x[0].mult != 1:
-            out = self._unsupported(node, [x], f"grouped conv '{name}' reads a concatenation")
-        elif module.in_channels == g or module.out_channels == g:
-            out = self._unsupported(node, [x], f"grouped conv '{name}' has one channel per group")
+            self._block([x], f"grouped conv '{name}' reads a concatenation")
+        elif module.in_channels == g:
+            self._block([x], f"grouped conv '{name}' has one channel per group")
+        else:
+            self.spaces.constrain(x[0].space, g)
+        if module.out_channels == g:
+            out = self._fresh(node, f"grouped conv '{name}' has one channel per group")
         else:
             out = self._fresh(node)
-            self.spaces.constrain(x[0].space, g)
             self.spaces.constrain(out[0].space, g)
-        self.layers.append(_Layer(name, module, GROUPED, x, out, hw, in_hw))
+        self.layers.append(_Layer(name, module, GROUPED, x, out, hw, in_hw, call))
         return out
+
+    def _linear(self, node: fx.Node, name: str, call: int, module: nn.Linear, args: list[fx.Node],
+                x: _Layout) -> _Layout | None:
+        """A linear over (N, features), or over the last (channel) dim of a channels-last tensor."""
+        shape, in_shape = _shape(node), _shape(node.args[0])
+        last = bool(args) and args[0] in self._last
+        if in_shape is None or not args or not (len(in_shape) == 2 or last) or _features(x) != module.in_features:
+            return self._fixed_layer(node, name, call, module, LINEAR, [x] if args else [],
+                                     f"linear '{name}' applied to a {len(in_shape or ())}-d tensor")
+        positions = _positions(shape)
+        out = self._fresh(node, dim=-1)
+        self.layers.append(_Layer(name, module, LINEAR, x, out, positions, positions, call))
+        if last:
+            self._last.add(node)
+        return out
+
+    def _layer_norm(self, node: fx.Node, name: str, call: int, module: nn.LayerNorm, args: list[fx.Node],
+                    x: _Layout) -> _Layout | None:
+        """LayerNorm over the channels of a channels-last tensor: a follower that pins what it normalizes."""
+        last = bool(args) and args[0] in self._last
+        if len(module.normalized_shape) == 1 and last \
+                and _features(x) == module.normalized_shape[0] and _same_shape(node):
+            self._block([x], f"LayerNorm '{name}' normalizes over the channels (removing channels changes "
+                             f"its statistics)")
+            self.layers.append(_Layer(name, module, LAYERNORM, x, x, _positions(_shape(node)),
+                                      _positions(_shape(node)), call))
+            self._last.add(node)
+            return x
+        why = f"LayerNorm '{name}' over {tuple(module.normalized_shape)} is not over the channels"
+        if len(module.normalized_shape) == 1:
+            return self._fixed_layer(node, name, call, module, LAYERNORM, [x] if args else [], why)
+        return self._unsupported(node, [x] if args else [], why)  # its parameters are counted as fixed
+
+    def _fixed_layer(self, node: fx.Node, name: str, call: int, module: nn.Module, kind: LayerKind,
+                     inputs: list[_Layout], why: str) -> _Layout | None:
+        """Record a layer the analysis cannot slice: its own pinned layouts keep its full cost counted."""
+        self._block(inputs, why)
+        c_in, c_out = kind.dense_widths(module)
+        in_layout = (_Seg(self.spaces.new(c_in, why), c_in),)
+        out_layout = in_layout if kind.role == "follower" else (_Seg(self.spaces.new(c_out, why), c_out),)
+        shape = _shape(node)
+        positions = (shape[2], shape[3]) if kind is not LINEAR and shape is not None and len(shape) == 4 \
+            else _positions(shape)
+        self.layers.append(_Layer(name, module, kind, in_layout, out_layout, positions, positions, call))
+        if kind.role == "producer" and shape is not None and len(shape) >= 2 and shape[1] == c_out:
+            return out_layout
+        return self._fresh(node, why)
 
     def _split(self, node: fx.Node, arg: fx.Node, layout: _Layout) -> list[_Layout] | None:
         """Layouts of the pieces of a split/chunk along channels, or None if it is not one we can follow.
@@ -347,11 +465,12 @@ class _Tracer:
         for layer in self.layers:
             layer.in_layout, layer.out_layout = rewrite(layer.in_layout), rewrite(layer.out_layout)
 
+    # ------------------------------------------------------------ functions and methods
     def _visit_function(self, node: fx.Node, args: list[fx.Node], inputs: list[_Layout],
                         shape: tuple[int, ...]) -> _Layout | None:
         fname = _name_of(node)
         if not inputs:
-            return self._fresh(node)
+            return self._fresh(node, f"tensor made by '{fname}' in the forward pass")
         if fname in PER_CHANNEL_FUNCTIONS and len(inputs) == 1 and _channels_kept(node):
             return inputs[0]
         if fname in ARITHMETIC:
@@ -361,6 +480,9 @@ class _Tracer:
             if dim in (1, -3) and len(shape) == 4 or dim in (1, -1) and len(shape) == 2:
                 return tuple(seg for layout in inputs for seg in layout)
             return self._unsupported(node, inputs, f"concatenation along dim {dim}")
+        if fname == "permute" and len(inputs) == 1 and _dims(node) == TO_CHANNELS_LAST:
+            self._last.add(node)
+            return inputs[0]
         if fname in RESHAPES:
             return self._reshape(node, inputs)
         if fname in REDUCTIONS and len(inputs) == 1:
@@ -380,45 +502,111 @@ class _Tracer:
             return self._unsupported(node, inputs, f"channel zero-padding (pad={tuple(pad)}, e.g. option-A shortcut)")
         return self._unsupported(node, inputs, f"unsupported op '{fname}'")
 
-    def _arithmetic(self, node: fx.Node, args: list[fx.Node], inputs: list[_Layout]) -> _Layout | None:
+    def _visit_channels_last(self, node: fx.Node, args: list[fx.Node], inputs: list[_Layout],
+                             shape: tuple[int, ...]) -> _Layout | None:
+        """An op on a channels-last tensor (N, H, W, C): elementwise ops, arithmetic, permute back."""
+        fname = _name_of(node)
+        if fname == "permute" and len(inputs) == 1 and _dims(node) == TO_CHANNELS_FIRST:
+            return inputs[0]
+        if fname in ELEMENTWISE_FUNCTIONS and len(inputs) == 1 and _same_shape(node):
+            layout = inputs[0]
+        elif fname in ARITHMETIC:
+            layout = self._arithmetic(node, args, inputs, channel_dim=-1)
+        elif fname == "layer_norm":
+            self._block(inputs, "layer_norm normalizes over the channels (removing channels changes its statistics)")
+            layout = inputs[0] if _same_shape(node) else None
+        else:
+            layout = None
+        if layout is None:
+            return self._unsupported(node, inputs, f"'{fname}' on a channels-last tensor")
+        if len(shape) == 4:
+            self._last.add(node)
+        return layout
+
+    def _arithmetic(self, node: fx.Node, args: list[fx.Node], inputs: list[_Layout],
+                    channel_dim: int = 1) -> _Layout | None:
+        """Elementwise ops: operands share channels; one side may broadcast (per channel or per position)."""
+        fname, out_shape = _name_of(node), _shape(node)
+        constant = self._constant_operand(node, channel_dim)
+        if constant is not None:  # the layout still flows through; its channels cannot be removed
+            self._block(inputs, constant)
         shapes = [_shape(a) for a in args]
-        out_shape = _shape(node)
         if len(inputs) == 1:
-            other = [a for a in node.args if isinstance(a, fx.Node) and a not in self._layouts]
-            if other or shapes[0] != out_shape:
-                return self._unsupported(node, inputs, f"'{_name_of(node)}' with a broadcast tensor")
+            if shapes[0] != out_shape:
+                return self._unsupported(node, inputs, f"'{fname}' with a broadcast tensor")
             return inputs[0]
         a, b = inputs[0], inputs[1]
-        if len(inputs) > 2 or shapes[0] != shapes[1] or [s.length for s in a] != [s.length for s in b]:
-            return self._unsupported(node, inputs, f"'{_name_of(node)}' of differently laid out tensors")
-        for sa, sb in zip(a, b):
-            self.spaces.union(sa.space, sb.space)
-        return a
+        if len(inputs) > 2 or len(shapes[0]) != len(out_shape) or len(shapes[1]) != len(out_shape):
+            return self._unsupported(node, inputs, f"'{fname}' of differently laid out tensors")
+        ca, cb, c = shapes[0][channel_dim], shapes[1][channel_dim], out_shape[channel_dim]
+        if ca == cb == c and [(s.length, s.mult) for s in a] == [(s.length, s.mult) for s in b]:
+            for sa, sb in zip(a, b):
+                self.spaces.union(sa.space, sb.space)
+            return a if shapes[0] == out_shape else b
+        if ca == 1 and cb == c and shapes[1] == out_shape:  # a per-position gate (N, 1, H, W)
+            return b
+        if cb == 1 and ca == c and shapes[0] == out_shape:
+            return a
+        return self._unsupported(node, inputs, f"'{fname}' of differently laid out tensors")
+
+    def _constant_operand(self, node: fx.Node, channel_dim: int) -> str | None:
+        """Why an operand without a layout (parameter, buffer, size) stops the channels from being pruned, if it does."""
+        out_shape = _shape(node)
+        for arg in node.args:
+            if not isinstance(arg, fx.Node) or arg in self._layouts:
+                continue
+            if arg in self._sizes:
+                return f"'{_name_of(node)}' by a size of a tensor"
+            shape = _shape(arg)
+            if shape is None or out_shape is None:
+                continue  # a Python number
+            axis = channel_dim % len(out_shape) - len(out_shape) + len(shape)  # right-aligned broadcast
+            if 0 <= axis < len(shape) and shape[axis] > 1:
+                what = arg.target if arg.op == "get_attr" else arg.name
+                return f"'{_name_of(node)}' with a per-channel tensor '{what}'"
+        return None
 
     def _reshape(self, node: fx.Node, inputs: list[_Layout]) -> _Layout | None:
-        in_shape = _shape(node.args[0])
-        out_shape = _shape(node)
-        if in_shape and out_shape and len(out_shape) == 2 and out_shape[0] == in_shape[0] \
-                and out_shape[1] == math.prod(in_shape[1:]):
+        """Flatten by batch, adding or dropping trailing size-1 dims, expanding them; a channel split is a shuffle."""
+        in_shape, out_shape, fname = _shape(node.args[0]), _shape(node), _name_of(node)
+        if not in_shape or not out_shape:
+            return self._unsupported(node, inputs, f"'{fname}' of an unknown shape")
+        if len(in_shape) == 4 and len(out_shape) == 5 and out_shape[0] == in_shape[0] \
+                and out_shape[1] * out_shape[2] == in_shape[1] and out_shape[3:] == in_shape[2:]:
+            why = (f"channel shuffle: '{fname}' regroups the {in_shape[1]} channels as {out_shape[1]} x "
+                   f"{out_shape[2]} (a permutation across blocks is not followed)")
+            self._mixed[node] = why
+            return self._unsupported(node, inputs, why)
+        fixed = _fixed_sizes(node)
+        if fixed:
+            return self._unsupported(node, inputs, f"'{fname}' to sizes fixed in the model's code {fixed}")
+        if len(out_shape) == 2 and out_shape[0] == in_shape[0] and out_shape[1] == math.prod(in_shape[1:]):
             mult = math.prod(in_shape[2:])
             return tuple(_Seg(s.space, s.length, s.mult * mult) for s in inputs[0])
         if in_shape == out_shape:
             return inputs[0]
+        if len(in_shape) >= 2 and len(out_shape) >= 2 and in_shape[:2] == out_shape[:2]:
+            trailing_ones = all(d == 1 for d in in_shape[2:]) and all(d == 1 for d in out_shape[2:])
+            expanded = fname in ("expand", "expand_as") and len(in_shape) == len(out_shape)
+            if (trailing_ones or expanded) and all(s.mult == 1 for s in inputs[0]):
+                return inputs[0]
         return self._unsupported(node, inputs, f"reshape from {in_shape} to {out_shape}")
 
     # ------------------------------------------------------------ groups
     def graph(self, exclude: Sequence[str]) -> DependencyGraph:
         """The public graph: spaces become group names, layouts name their groups."""
         by_root: dict[int, ChannelGroup] = {}
+        taken: set[str] = set()
         for layer in self.layers:
             if layer.kind.role != "producer":
                 continue
             offset = 0
             several = len({self.spaces.find(seg.space) for seg in layer.out_layout}) > 1
+            base = layer.name if layer.call == 1 else f"{layer.name}#{layer.call}"
             for seg in layer.out_layout:
                 root = self.spaces.find(seg.space)
                 if root not in by_root:
-                    name = f"{layer.name}[{offset}:{offset + seg.length}]" if several else layer.name
+                    name = _unique(f"{base}[{offset}:{offset + seg.length}]" if several else base, taken)
                     by_root[root] = ChannelGroup(len(by_root), name, self.spaces.length[root],
                                                  blocks=self.spaces.blocks.get(root, 1))
                     by_root[root].reason = self.spaces.why(root)
@@ -433,8 +621,8 @@ class _Tracer:
         def public(layout: _Layout) -> tuple[Segment, ...]:
             return tuple(Segment(name(s.space), s.length, s.mult) for s in layout)
 
-        layers = [Layer(la.name, la.module, la.kind, public(la.in_layout), public(la.out_layout), la.out_hw, la.in_hw)
-                  for la in self.layers]
+        layers = [Layer(la.name, la.module, la.kind, public(la.in_layout), public(la.out_layout), la.out_hw, la.in_hw,
+                        la.call) for la in self.layers]
         by_name = {g.name: g for g in by_root.values()}
         for layer in layers:
             role = "consumers" if layer.kind.role == "producer" else "followers"
@@ -463,6 +651,16 @@ def _apply_exclusions(layers: list[Layer], groups: list[ChannelGroup], patterns:
                 g.reason = f"excluded by pattern '{pattern}'"
 
 
+def _unique(name: str, taken: set[str]) -> str:
+    """``name``, or ``name#2``, ``name#3``... if it is taken; the result is added to ``taken``."""
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}#{n}"
+    taken.add(candidate)
+    return candidate
+
+
 def _features(layout: _Layout) -> int:
     return sum(s.length * s.mult for s in layout)
 
@@ -476,3 +674,36 @@ def _channels_kept(node: fx.Node) -> bool:
         and out[0] == inp[0] and len(out) == len(inp)
 
 
+
+
+def _same_shape(node: fx.Node) -> bool:
+    """True when the op's output has the shape of its first tensor input."""
+    first = next((a for a in node.args if isinstance(a, fx.Node)), None)
+    return first is not None and _shape(node) is not None and _shape(node) == _shape(first)
+
+
+def _positions(shape: tuple[int, ...] | None) -> tuple[int, int]:
+    """Positions a layer over the last dim runs at: (H, W) of (N, H, W, C), (T, 1) of (N, T, C), (1, 1) of (N, C)."""
+    if shape is None or len(shape) <= 2:
+        return (1, 1)
+    middle = shape[1:-1]
+    return (middle[0], middle[1]) if len(middle) == 2 else (math.prod(middle), 1)
+
+
+def _dims(node: fx.Node) -> tuple | None:
+    """The dims of a ``permute`` call, however they were passed."""
+    dims = node.kwargs.get("dims", node.args[1:])
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = dims[0]
+    return tuple(dims) if all(isinstance(d, int) for d in dims) else None
+
+
+def _fixed_sizes(node: fx.Node) -> tuple[int, ...]:
+    """Sizes written as constants where a view/reshape/expand sets the channel (or flattened feature) count."""
+    if _name_of(node) not in SIZED:
+        return ()
+    sizes = node.kwargs.get("size", node.kwargs.get("shape", node.args[1:]))
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = sizes[0]
+    sizes = list(sizes)[1:2] if _name_of(node) == "expand" else list(sizes)[1:]
+    return tuple(d for d in sizes if isinstance(d, int) and d not in (-1, 1))

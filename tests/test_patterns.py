@@ -1,0 +1,170 @@
+"""Patterns of the networks people deploy (SE, ConvNeXt, ShuffleNet, view-flatten, grouped conv over a concat,
+a module called twice, stochastic depth): which groups are prunable, why the others are not, compact == masked,
+and cost accounting == FlopCounterMode / 2 (MACs) and == the parameter count, dense and compact."""
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from amc.calibration import CalibrationSet
+from amc.config import PruneConfig
+from amc.cost import Budget, MacsCost, ParamsCost, check_costs, params
+from amc.prune import ChannelPruner, MaskPruner, PruningEngine
+from amc.selection import Selection
+from amc.structure import trace
+
+from .nets import PATTERN_NETS, random_kept, randomize_bn
+
+SHAPE = (3, 8, 8)
+MODEL_OUTPUT = "model output"
+
+# net -> (prunable group names, {pinned group: words of its reason})
+EXPECTED = {
+    "se": ({"stem", "expand", "se.fc1", "head"}, {"fc": MODEL_OUTPUT}),
+    "se_linear": ({"stem", "expand", "se.fc1", "head"}, {"fc": MODEL_OUTPUT}),
+    "convnext": ({"pwconv1", "down"}, {"stem": "LayerNorm 'norm' normalizes over the channels", "fc": MODEL_OUTPUT}),
+    "shuffle": ({"b1", "head"}, {"stem": "channel shuffle", "b3": "channel shuffle", "fc": MODEL_OUTPUT}),
+    "view_flatten": ({"c1", "c2"}, {"fc": MODEL_OUTPUT}),
+    "grouped_concat": ({"g", "c"}, {"a": "grouped conv 'g' reads a concatenation",
+                                    "b": "grouped conv 'g' reads a concatenation", "fc": MODEL_OUTPUT}),
+    "twice": ({"c2"}, {"c1": "module 'shared' is called 2 times", "shared": "module 'shared' is called 2 times",
+                       "shared#2": "module 'shared' is called 2 times", "fc": MODEL_OUTPUT}),
+    "stochastic_depth": ({"stem", "c1"}, {"fc": MODEL_OUTPUT}),
+}
+
+
+def _net(name):
+    torch.manual_seed(0)
+    return randomize_bn(PATTERN_NETS[name]()).eval()
+
+
+def _flop_macs(model, shape=SHAPE):
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, *shape))
+    assert counter.get_total_flops() % 2 == 0
+    return counter.get_total_flops() // 2
+
+
+@pytest.mark.parametrize("name", list(PATTERN_NETS))
+def test_prunable_groups_and_reasons(name):
+    graph = trace(_net(name), SHAPE)
+    prunable, pinned = EXPECTED[name]
+    assert {g.name for g in graph.prunable} == prunable
+    assert {g.name for g in graph.groups} == prunable | set(pinned)
+    for group, words in pinned.items():
+        assert words in graph.group[group].reason, (group, graph.group[group].reason)
+    assert len({g.name for g in graph.groups}) == len(graph.groups)  # names are unique
+
+
+@pytest.mark.parametrize("name", list(PATTERN_NETS))
+def test_compact_matches_masked_and_costs_match_the_flop_counter(name):
+    model = _net(name)
+    graph = trace(model, SHAPE)
+    kept = random_kept(graph)
+    selection = Selection(kept)
+    small = ChannelPruner(graph).apply(model, selection)
+    x = torch.randn(4, *SHAPE)
+    with torch.no_grad():
+        ref, out = MaskPruner(graph).apply(model, selection)(x), small(x)
+    assert (out - ref).abs().max() <= 1e-5 * ref.abs().max() + 1e-5
+    keep = {n: len(i) for n, i in kept.items()}
+    for m, k in ((model, None), (small, keep)):
+        assert _flop_macs(m) == MacsCost().cost(graph, k) == MacsCost().measure(m, SHAPE)
+        assert ParamsCost().cost(graph, k) == params(m) == sum(p.numel() for p in m.parameters())
+    assert MacsCost().cost(graph, keep) < MacsCost().cost(graph)
+
+
+def test_se_gate_joins_the_gated_channels():
+    graph = trace(_net("se"), SHAPE)
+    expand = graph.group["expand"]
+    assert expand.producers == ["expand", "se.fc2"]  # the excite conv's outputs are pruned with x's channels
+    assert expand.followers == ["expand_bn", "dw", "dw_bn"] and expand.consumers == ["se.fc1", "project"]
+    assert graph.group["se.fc1"].consumers == ["se.fc2"]  # the reduced channels form their own group
+
+
+def test_convnext_linears_over_channels_last_are_counted_per_position():
+    model = _net("convnext")
+    graph = trace(model, SHAPE)
+    pw1 = graph.layer["pwconv1"]
+    assert pw1.kind.name == "linear" and pw1.out_hw == (4, 4)
+    assert MacsCost().layer_cost(graph, pw1) == 16 * 64 * 4 * 4
+    assert graph.layer["norm"].kind.name == "layernorm" and graph.fixed_params == 16  # gamma
+    assert graph.group["pwconv1"].consumers == ["pwconv2"]
+
+
+def test_convnext_uniform_budget_with_reconstruction():
+    """A 50%-MACs uniform policy on the channels-last MLP, with least squares over per-position linear inputs."""
+    model = _net("convnext")
+    graph = trace(model, SHAPE)
+    keep = Budget(graph, "macs", 0.5).uniform()[1]
+    calib, x = CalibrationSet(torch.randn(32, *SHAPE), batch_size=16), torch.randn(16, *SHAPE)
+    plain = PruningEngine(model, graph, PruneConfig(reconstruct=False, bn_batches=0, channels_last=False), calib)
+    recon = PruningEngine(model, graph, PruneConfig(bn_batches=0, points_per_image=0, channels_last=False), calib)
+    plain_model, recon_model = plain.prune_keep(keep).model, recon.prune_keep(keep).model
+    check_costs(graph, keep, recon_model, [MacsCost(), ParamsCost()])
+    assert MacsCost().cost(graph, keep) <= 0.5 * MacsCost().cost(graph)
+    with torch.no_grad():
+        ref = model(x)
+        assert (recon_model(x) - ref).pow(2).mean() <= (plain_model(x) - ref).pow(2).mean()
+
+
+def test_module_called_twice_counts_macs_twice_and_params_once():
+    model = _net("twice")
+    graph = trace(model, SHAPE)
+    calls = [layer.call for layer in graph.layers if layer.name == "shared"]
+    assert calls == [1, 2]
+    assert graph.group["shared#2"].producers == ["shared"]
+    assert ParamsCost().cost(graph) == params(model) and MacsCost().cost(graph) == _flop_macs(model)
+
+
+def test_view_flatten_keeps_the_last_conv_prunable():
+    graph = trace(_net("view_flatten"), SHAPE)
+    assert [(s.group, s.length, s.mult) for s in graph.layer["fc"].in_layout] == [("c2", 12, 4)]
+
+
+class _FixedView(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x):
+        return self.fc(nn.functional.adaptive_avg_pool2d(self.c(x), 1).view(-1, 6))
+
+
+class _Tokens(nn.Module):
+    """A linear over (N, HW, C) tokens (not followed by the analysis), a roll over channels, a LayerNorm over
+    (C, H, W) and a conv that is never called: all counted, nothing prunable through them."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 6, 3, padding=1)
+        self.ln = nn.LayerNorm([6, 8, 8])
+        self.mix = nn.Linear(6, 10)
+        self.c2 = nn.Conv2d(3, 4, 3, padding=1)
+        self.unused = nn.Conv2d(4, 4, 1)
+        self.fc = nn.Linear(10 + 4, 5)
+
+    def forward(self, x):
+        tokens = self.ln(self.c(x)).flatten(2).transpose(1, 2)
+        a = self.mix(tokens).mean(1)
+        b = torch.roll(self.c2(x), 1, dims=1).mean((2, 3))
+        return self.fc(torch.cat([a, b], 1))
+
+
+def test_constant_view_sizes_pin_the_channels_they_fix():
+    graph = trace(_FixedView(), SHAPE)
+    assert "sizes fixed in the model's code (6,)" in graph.group["c"].reason
+
+
+def test_unknown_ops_pin_their_groups_and_are_still_counted():
+    model = _Tokens().eval()
+    graph = trace(model, SHAPE)
+    reasons = {g.name: g.reason for g in graph.groups}
+    assert "LayerNorm 'ln' over (6, 8, 8)" in reasons["c"]
+    assert reasons["mix"] == "linear 'mix' applied to a 3-d tensor"
+    assert "unsupported op 'roll'" in reasons["c2"]
+    assert graph.layer["mix"].out_hw == (64, 1)
+    assert MacsCost().cost(graph) == _flop_macs(model) == MacsCost().measure(model, SHAPE)
+    assert ParamsCost().cost(graph) == params(model)  # the LayerNorm and the unused conv are fixed parameters
+    assert not graph.prunable
