@@ -105,6 +105,11 @@ def collect_stats(model: nn.Module, graph: DependencyGraph, calib: CalibrationSe
     return stats
 
 
+def _other_dims(x: torch.Tensor, feature_dim: int) -> list[int]:
+    """Every dim of ``x`` but the features' (statistics are per input feature, over images and positions)."""
+    return [d for d in range(x.dim()) if d != feature_dim % x.dim()]
+
+
 def _forward_stats(model, modules, consumers, calib, needs, stats, points_per_image, seed) -> None:
     seen = {name: 0 for name in consumers}
     gen = torch.Generator().manual_seed(seed)
@@ -114,7 +119,7 @@ def _forward_stats(model, modules, consumers, calib, needs, stats, points_per_im
             x = inputs[0].detach()
             n = x.shape[0]
             if needs & Needs.ACTIVATIONS:
-                dims = [0, 2, 3] if x.dim() == 4 else [0]
+                dims = _other_dims(x, kind_of(module).feature_dim)
                 _running_mean(stats.mean_abs, name, x.abs().mean(dim=dims).double(), seen[name], n)
                 _running_mean(stats.zero_fraction, name, (x == 0).double().mean(dim=dims), seen[name], n)
             seen[name] += n
@@ -143,9 +148,9 @@ def _taylor_stats(model, modules, consumers, calib, stats) -> None:
             if not x.requires_grad:
                 return
 
-            def on_grad(grad, x=x.detach()):
-                prod = x * grad
-                per_image = (prod.sum(dim=(2, 3)) if prod.dim() == 4 else prod).abs().double()
+            def on_grad(grad, x=x.detach(), feature_dim=kind_of(module).feature_dim):
+                prod = (x * grad).movedim(feature_dim, 1)  # (N, features, positions...)
+                per_image = prod.reshape(*prod.shape[:2], -1).sum(2).abs().double()
                 _running_mean(stats.taylor, name, per_image.mean(0), seen[name], len(per_image))
                 seen[name] += len(per_image)
             x.register_hook(on_grad)

@@ -168,3 +168,20 @@ def test_unknown_ops_pin_their_groups_and_are_still_counted():
     assert MacsCost().cost(graph) == _flop_macs(model) == MacsCost().measure(model, SHAPE)
     assert ParamsCost().cost(graph) == params(model)  # the LayerNorm and the unused conv are fixed parameters
     assert not graph.prunable
+
+
+@pytest.mark.parametrize("name", ["apoz", "mean_activation", "taylor"])
+def test_data_criteria_on_a_channels_last_linear_consumer(name):
+    """Statistics of a Linear reading (N, H, W, C) are per channel C, not per row H."""
+    from amc.calibration import CalibrationSet, collect_stats
+    from amc.importance import CRITERIA, ScoringContext, criterion
+
+    torch.manual_seed(0)
+    model = PATTERN_NETS["convnext"]().eval()
+    graph = trace(model, SHAPE)
+    stats = collect_stats(model, graph, CalibrationSet(torch.randn(8, *SHAPE), torch.randint(0, 5, (8,)), 4),
+                          CRITERIA[name].needs)
+    ctx = ScoringContext(graph, dict(model.named_modules()), stats)
+    for g in graph.prunable:
+        scores = criterion(name).channel_scores(ctx, g)
+        assert scores.shape == (g.channels,) and torch.isfinite(scores).all()
