@@ -176,7 +176,7 @@ def split_indices(n: int, holdout: int, search_images: int, seed: int) -> dict[s
 def load_splits(cfg: DataConfig, splits: tuple[str, ...] = ("train", "search", "test"), *, num_classes: int = 10,
                 image_size: int = 32) -> dict[str, ImageSet]:
     """The requested splits: ``train`` (trained-on part), ``holdout`` and ``search`` come from the
-    training set, ``test`` from the test set."""
+    training set, ``test`` from the test set. Labels must be below ``num_classes`` (the model's outputs)."""
     out: dict[str, ImageSet] = {}
     wanted = [s for s in splits if s in ("train", "holdout", "search")]
     if wanted:
@@ -185,6 +185,10 @@ def load_splits(cfg: DataConfig, splits: tuple[str, ...] = ("train", "search", "
         out.update({s: full.subset(index[s]) for s in wanted})
     if "test" in splits:
         out["test"] = read_split(cfg, "test", num_classes, image_size)
+    for name, part in out.items():
+        if len(part) and int(part.labels.max()) >= num_classes:
+            raise AmcError(f"the {name} split has labels up to {int(part.labels.max())} but the model has "
+                           f"{num_classes} outputs (wrong dataset, or set --num-classes)")
     return out
 
 

@@ -47,6 +47,12 @@ def files(tmp_path_factory):
     (d / "unknown.yaml").write_text("env:\n  targte: 0.3\n")
     (d / "flat.yaml").write_text("target: 0.3\n")
     (d / "nan.yaml").write_text("env:\n  target: .nan\n")
+    from PIL import Image
+
+    for i in range(5):  # an image folder with 5 classes
+        for split in ("train", "test"):
+            (d / "classes5" / split / f"c{i}").mkdir(parents=True)
+            Image.new("RGB", (16, 16), (50 * i, 0, 0)).save(d / "classes5" / split / f"c{i}" / "0.png")
     (d / "noclasses").mkdir()
     (d / "noclasses" / "train").mkdir()
     policy = json.loads((d / "policy.json").read_text())
@@ -256,6 +262,8 @@ def cases():
         ("evaluate-device", ["evaluate", "resnet8", *ck, "--device", "cuda"], "CUDA"),
         ("evaluate-split", ["evaluate", "resnet8", *ck, "--split", "valid"], "invalid choice"),
         ("evaluate-bad-shape", ["evaluate", "resnet8", "--input-shape", "3", "0", "16"], "input_shape"),
+        ("evaluate-labels-beyond-classes", ["evaluate", "resnet8", *TINY, "--num-classes", "3", "--dataset", "folder",
+                                            "--data-dir", "{d}/classes5"], "labels up to 4"),
         ("inspect-exclude", ["inspect", "resnet20", "--exclude", "layr1.*"], "matches no"),
         ("inspect-unknown", ["inspect", "resnet21"], "unknown model"),
         ("inspect-lbound", ["inspect", "resnet20", "--lbound", "0"], "bounds"),
