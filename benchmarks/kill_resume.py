@@ -50,8 +50,8 @@ def compare(reference: pd.DataFrame, got: pd.DataFrame) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kills", type=int, default=30)
-    p.add_argument("--episodes", type=int, default=40)
-    p.add_argument("--window", type=float, default=6.0, help="kill after a uniform random delay in [0.3, window] s")
+    p.add_argument("--episodes", type=int, default=80)
+    p.add_argument("--window", type=float, default=12.0, help="kill after a uniform random delay in [0.3, window] s")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--record")
     args = p.parse_args(argv)

@@ -15,6 +15,7 @@ from ..errors import AmcError
 from ..evaluation import evaluate
 from ..io import export_onnx, save_model
 from ..policy import Policy
+from ..prune import needs_calibration
 from .args import add_flags, add_model_arg, command_line, print_table, section
 from .common import check_device, check_output, normalized, open_from_args, splits_for
 
@@ -66,9 +67,10 @@ def run(args: argparse.Namespace) -> int:
     if args.no_recovery:
         prune = replace(prune, reconstruct=False, bn_batches=0)
     data = validate(section(args, "data", policy.data)) if (args.dataset or policy.data) else None
-    uses_data = prune.reconstruct or prune.bn_batches > 0 or prune.criterion in ("apoz", "mean_activation", "taylor")
+    if args.finetune_epochs > 0 and data is None:
+        raise AmcError("--finetune-epochs needs data (--dataset and --data-dir)")
     calibration = None
-    if uses_data:
+    if needs_calibration(prune):
         if data is None:
             raise AmcError("the policy's recovery needs calibration images: give --dataset and --data-dir, "
                            "or --no-recovery")
@@ -90,8 +92,6 @@ def run(args: argparse.Namespace) -> int:
                   finetune_dir, device=device, log=print)
             rows.append({"model": "pruned+finetune", "macs": rows[1]["macs"], "params": rows[1]["params"],
                          "test_top1": evaluate(compact, test_x, test_y)["top1"]})
-    elif args.finetune_epochs > 0:
-        raise AmcError("--finetune-epochs needs data (--dataset and --data-dir)")
     for r in rows:
         r["macs_ratio"] = f"{r['macs'] / rows[0]['macs']:.4f}"
         r["params_ratio"] = f"{r['params'] / rows[0]['params']:.4f}"

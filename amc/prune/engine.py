@@ -28,6 +28,12 @@ from .mask import MaskPruner
 from .recovery import reconstruct, recalibrate_batchnorm
 
 
+def needs_calibration(cfg: PruneConfig) -> bool:
+    """Whether pruning as ``cfg`` says needs calibration images (data criteria, least squares, BN recalibration)."""
+    data_criterion = bool(criterion(cfg.criterion).needs & (Needs.ACTIVATIONS | Needs.GRADIENTS))
+    return data_criterion or (cfg.reconstruct and cfg.granularity == "channel") or cfg.bn_batches > 0
+
+
 @dataclass
 class PruneResult:
     """A pruned model, the selection it executes and the seconds of each step
@@ -60,8 +66,7 @@ class PruningEngine:
         self.criterion = criterion(cfg.criterion)
         self.reconstructs = cfg.reconstruct and cfg.granularity == "channel"
         self.needs = self.criterion.needs | (Needs.GRAM if self.reconstructs else Needs.NOTHING)
-        needs_data = bool(self.needs & (Needs.ACTIVATIONS | Needs.GRAM | Needs.GRADIENTS)) or cfg.bn_batches > 0
-        if needs_data and (calibration is None or len(calibration) == 0):
+        if needs_calibration(cfg) and (calibration is None or len(calibration) == 0):
             raise AmcError("least-squares reconstruction, BatchNorm recalibration and activation or gradient criteria "
                            "need calibration images (give data, or turn reconstruction and recalibration off)")
         if calibration is not None and cfg.channels_last and calibration.images.dim() == 4:
