@@ -9,7 +9,15 @@ The library API (no argparse, no printing)::
     small = amc.apply_policy(model, policy, calibration=amc.calibration_for(policy)).model
     amc.cost.macs(small, example_input), amc.cost.params(small)
 
-Preserve ratio = fraction of a group's channels that is kept; MACs = multiply-accumulates per example.
+Unstructured pruning, sensitivity analysis, schedules and sparse files::
+
+    masked = amc.prune_unstructured(model, 0.9, scope="global", keep_dense=("conv1", "fc"))
+    curves = amc.sensitivity(model, example_input, score_fn, [0.2, 0.5, 0.8], granularity="weight")
+    policy = amc.allocate(curves, target=0.3, tolerance=0.01, model=model, example_input=example_input)
+    amc.save_sparse(masked, "model.amcs"); state_dict = amc.load_sparse("model.amcs")
+
+Preserve ratio = fraction of a group's channels that is kept; sparsity = fraction of weights removed;
+MACs = multiply-accumulates per example.
 """
 from . import config, cost
 from .api import inspect, uniform_policy
@@ -17,7 +25,14 @@ from .apply import AppliedPolicy, apply_policy, calibration_for
 from .calibration import CalibrationSet
 from .errors import AmcError
 from .policy import Policy
+from .schedules import AGP, PruneRounds, agp_sparsity, schedule_callbacks
+from .sensitivity import allocate, plot_sensitivity, sensitivity
+from .sparse_io import load_sparse, open_sparse, save_sparse, sparse_size_report
 from .structure import trace
+from .unstructured import apply_masks, export_masks, layer_sparsities, magnitude_masks, prune_unstructured
 
-__all__ = ["AmcError", "AppliedPolicy", "CalibrationSet", "Policy", "apply_policy", "calibration_for", "config",
-           "cost", "inspect", "trace", "uniform_policy"]
+__all__ = ["AGP", "AmcError", "AppliedPolicy", "CalibrationSet", "Policy", "PruneRounds", "agp_sparsity", "allocate",
+           "apply_masks", "apply_policy", "calibration_for", "config", "cost", "export_masks", "inspect",
+           "layer_sparsities", "load_sparse", "magnitude_masks", "open_sparse", "plot_sensitivity",
+           "prune_unstructured", "save_sparse", "schedule_callbacks", "sensitivity", "sparse_size_report", "trace",
+           "uniform_policy"]

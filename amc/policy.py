@@ -12,6 +12,10 @@ A policy is JSON (``"format": "amc.policy"``, ``"schema_version": 2``) with:
   the calibration images come from); ``cost`` (name and definition of the budgeted cost);
 - ``metrics`` (cost ratios, search-split accuracies, reward, ...) and ``provenance``.
 
+A **weight** policy (``"granularity": "weight"``, :meth:`Policy.for_weights`) has the same format,
+no ``groups`` decisions and a ``layers`` list of ``{"layer": name, "sparsity": s}`` entries
+(sparsity = fraction of the layer's weights removed, in [0, 1)); ``amc prune`` applies it.
+
 Schema-1 files (written before the restructuring) still load; they lack the recovery settings, so
 applying one uses the defaults unless the caller passes its own.
 """
@@ -49,6 +53,17 @@ class GroupDecision:
 
 
 @dataclass
+class LayerDecision:
+    """One layer's weight sparsity: the fraction of its weight elements removed, in [0, 1)."""
+
+    layer: str
+    sparsity: float
+
+
+GRANULARITIES = ("channel", "weight")
+
+
+@dataclass
 class Policy:
     """A per-group channel policy tied to the architecture and the recovery it was scored with."""
 
@@ -63,8 +78,14 @@ class Policy:
     metrics: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     granularity: str = "channel"
+    layers: list[LayerDecision] = field(default_factory=list)
 
     # ------------------------------------------------------------ views
+    @property
+    def sparsities(self) -> dict[str, float]:
+        """Weight sparsity (fraction removed) per layer name of a weight policy (empty for channel policies)."""
+        return {d.layer: d.sparsity for d in self.layers}
+
     @property
     def ratios(self) -> dict[GroupName, float]:
         """Executed preserve ratio (kept / channels) per group name."""
@@ -81,6 +102,9 @@ class Policy:
         ``force``: skip the layer-shape hash check (the groups must still match), for a
         deliberate transfer to a model with other non-prunable layers.
         """
+        if self.granularity != "channel":
+            raise AmcError(f"this is a {self.granularity} policy (sparsity per layer), not a channel policy; "
+                           "apply it with amc prune or amc.prune_unstructured(model, sparsities=policy.sparsities)")
         check_fingerprint(self, graph, force=force)
         return {d.name: d.kept_channels for d in self.groups}
 
@@ -101,13 +125,31 @@ class Policy:
         return cls(model, list(graph.input_shape), fingerprint(graph), decisions, prune, calibration, data,
                    cost or {}, metrics or {}, provenance(seed))
 
+    @classmethod
+    def for_weights(cls, sparsities: Mapping[str, float], *, model: dict, input_shape: list[int] | tuple[int, ...],
+                    graph: DependencyGraph | None = None, cost: dict | None = None, data: DataConfig | None = None,
+                    metrics: dict | None = None, seed: int | None = None) -> "Policy":
+        """A weight policy: ``sparsities`` maps layer names to fractions of weights removed, in [0, 1).
+
+        ``graph``: the model's structure, recorded as the fingerprint when given.
+        """
+        layers = [LayerDecision(str(name), round(float(s), 6)) for name, s in sparsities.items()]
+        for d in layers:
+            _check_layer(d, "weight policy")
+        return cls(model, list(input_shape), fingerprint(graph) if graph is not None else {}, [],
+                   PruneConfig(granularity="weight"), CalibrationConfig(), data, cost or {}, metrics or {},
+                   provenance(seed), "weight", layers)
+
     # ------------------------------------------------------------ files
     def to_dict(self) -> dict:
-        return {"format": "amc.policy", "schema_version": SCHEMA_VERSION, "granularity": self.granularity,
-                "model": self.model, "input_shape": list(self.input_shape), "fingerprint": self.fingerprint,
-                "groups": [asdict(g) for g in self.groups], "prune": to_dict(self.prune),
-                "calibration": to_dict(self.calibration), "data": to_dict(self.data) if self.data else None,
-                "cost": self.cost, "metrics": self.metrics, "provenance": self.provenance}
+        out = {"format": "amc.policy", "schema_version": SCHEMA_VERSION, "granularity": self.granularity,
+               "model": self.model, "input_shape": list(self.input_shape), "fingerprint": self.fingerprint,
+               "groups": [asdict(g) for g in self.groups], "prune": to_dict(self.prune),
+               "calibration": to_dict(self.calibration), "data": to_dict(self.data) if self.data else None,
+               "cost": self.cost, "metrics": self.metrics, "provenance": self.provenance}
+        if self.granularity == "weight":
+            out["layers"] = [asdict(d) for d in self.layers]
+        return out
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(json.dumps(self.to_dict(), indent=2) + "\n", path)
@@ -130,10 +172,19 @@ class Policy:
                 calibration = from_dict(CalibrationConfig, d.get("calibration"), f"{source}: calibration")
                 data = from_dict(DataConfig, d["data"], f"{source}: data") if d.get("data") else None
                 cost = d.get("cost", {})
+            granularity = d.get("granularity", "channel")
+            if granularity not in GRANULARITIES:
+                raise AmcError(f"{source} has granularity {granularity!r}; expected channel or weight")
+            layers = [_check_layer(LayerDecision(**e), source) for e in d.get("layers", [])] \
+                if granularity == "weight" else []
             policy = cls(d["model"], list(d["input_shape"]), d["fingerprint"], groups, prune, calibration, data, cost,
-                         d.get("metrics", {}), d.get("provenance", {}), d.get("granularity", "channel"))
+                         d.get("metrics", {}), d.get("provenance", {}), granularity, layers)
         except (KeyError, TypeError, ValueError) as exc:
             raise AmcError(f"{source} is malformed: {exc}") from None
+        layer_names = [e.layer for e in policy.layers]
+        twice = sorted({n for n in layer_names if layer_names.count(n) > 1})
+        if twice:
+            raise AmcError(f"{source} decides layer(s) {', '.join(twice)} more than once")
         names = [g.name for g in groups]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
@@ -150,6 +201,16 @@ class Policy:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise AmcError(f"policy file {p} is not valid JSON: {exc}") from None
         return cls.from_dict(data, str(p))
+
+
+def _check_layer(d: LayerDecision, source: str) -> LayerDecision:
+    if not isinstance(d.layer, str) or not d.layer:
+        raise AmcError(f"{source}: layer entry {d.layer!r} is not a layer name")
+    s = d.sparsity
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or not 0 <= s < 1:
+        raise AmcError(f"{source}: layer '{d.layer}' has sparsity {s!r}; sparsity (fraction of weights removed) "
+                       "lies in [0, 1)")
+    return d
 
 
 def _decision(g: dict, source: str) -> GroupDecision:

@@ -140,6 +140,8 @@ def cases():
         ("search-input-shape", [*SEARCH, *ck, "--input-shape", "3", "0", "16", "--out", "{d}/new"], "input_shape"),
         ("search-mean-nan", [*SEARCH, *ck, "--mean", "nan", "0", "0", "--out", "{d}/new"], "mean"),
         ("search-std-zero", [*SEARCH, *ck, "--std", "0", "1", "1", "--out", "{d}/new"], "std"),
+        ("search-warmup-whole-run", [*SEARCH, *ck, "--agent", "ddpg", "--warmup-episodes", "3", "--out", "{d}/new"],
+         "never learn"),
         ("search-unreachable", [*SEARCH, *ck, "--target", "0.01", "--out", "{d}/new"], "unreachable"),
         ("search-lbound-above-rbound", [*SEARCH, *ck, "--lbound", "0.8", "--rbound", "0.5", "--out", "{d}/new"], "above"),
         ("search-into-run", [*SEARCH, *ck, "--out", "{d}/run"], "already holds a search"),

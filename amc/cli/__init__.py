@@ -10,9 +10,9 @@ import argparse
 import sys
 
 from ..errors import AmcError
-from . import apply, demo, evaluate, inspect, report, search, train, uniform
+from . import apply, demo, evaluate, inspect, prune, report, search, sensitivity, train, uniform
 
-COMMANDS = (train, evaluate, inspect, uniform, search, apply, report, demo)
+COMMANDS = (train, evaluate, inspect, uniform, search, apply, prune, sensitivity, report, demo)
 
 
 class Parser(argparse.ArgumentParser):
