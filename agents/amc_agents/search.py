@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -64,7 +64,7 @@ class SearchRunner:
 
     # ------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        return {"episode": self.episode, "top": self.top, "rng": rng_state(), "agent": self.agent.state_dict(),
+        return {"episode": self.episode, "top": [asdict(r) for r in self.top], "rng": rng_state(), "agent": self.agent.state_dict(),
                 "elapsed": self.elapsed_before + time.time() - self.started,
                 "episodes_bytes": self.store.episodes_bytes(), "run_id": self.run_id}
 
@@ -72,7 +72,8 @@ class SearchRunner:
         if state.get("run_id") != self.run_id:
             raise AmcError(f"{self.store.state_path} belongs to another run than {self.store.folder}; "
                            "the run cannot continue exactly")
-        self.episode, self.top, self.elapsed_before = state["episode"], state["top"], state["elapsed"]
+        self.episode, self.elapsed_before = state["episode"], state["elapsed"]
+        self.top = [EpisodeRecord(r["episode"], r["reward"], EpisodeResult(**r["result"])) for r in state["top"]]
         self.agent.load_state_dict(state["agent"])
         set_rng_state(state["rng"])
         self.store.cut_episodes(state["episodes_bytes"])

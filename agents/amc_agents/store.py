@@ -5,7 +5,8 @@ model's and the data split's identity), ``episodes.csv`` (one tidy row per episo
 fsync'ed, never rewritten), ``best_policy.json`` and ``top_policies/policy_K.json``,
 ``uniform_policy.json`` and ``baselines.json`` (the uniform baseline, scored in this run),
 ``run.log`` (heartbeat lines), ``checkpoint.pt`` (the search state; written atomically before every
-episode and at the end; it records how many bytes of ``episodes.csv`` it covers), ``run.lock`` (held
+episode and at the end; it records how many bytes of ``episodes.csv`` it covers; read back with
+``torch.load(weights_only=True)``), ``run.lock`` (held
 while a search runs in the folder), plots and ``summary.md`` (:mod:`amc_agents.report`).
 
 What a crash can cost: the episode that was running. On resume, ``episodes.csv`` is cut back to the
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 import yaml
@@ -31,6 +33,13 @@ from amc.config import SearchConfig, from_dict, to_dict
 from amc.errors import AmcError
 from amc.io import atomic_save, atomic_write_text
 from amc.policy import Policy
+
+# the numpy types a search state holds (replay buffer arrays, RNG states), allowed by torch.load(weights_only=True)
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct
+_NUMPY_GLOBALS = [_reconstruct, np.ndarray, np.dtype, *(getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType"))]
 
 # columns of runs written before the restructuring, renamed on read
 _OLD_COLUMNS = {"flops_ratio": "macs_ratio"}
@@ -195,8 +204,9 @@ class RunStore:
     def load_state(self) -> dict:
         if not self.state_path.is_file() or self.state_path.stat().st_size == 0:
             raise AmcError(f"{self.state_path} is missing or empty: the run cannot continue exactly; start a new run")
-        try:  # the state holds numpy RNG states and replay buffers: written by amc itself, not user input
-            state = torch.load(self.state_path, map_location="cpu", weights_only=False)
+        try:  # weights_only: tensors, numpy arrays (replay buffer, RNG states) and plain containers only
+            with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+                state = torch.load(self.state_path, map_location="cpu", weights_only=True)
         except Exception as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise AmcError(f"{self.state_path} is damaged ({first}): the run cannot continue exactly") from None
