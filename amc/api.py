@@ -13,7 +13,8 @@ from .policy import Policy
 from .structure import ChannelGroup, DependencyGraph, trace
 
 
-def _shape(example_input: torch.Tensor | Sequence[int]) -> tuple[int, ...]:
+def example_shape(example_input: torch.Tensor | Sequence[int]) -> tuple[int, ...]:
+    """One example's shape (C, H, W) from a batch (N, C, H, W) or from a shape."""
     if isinstance(example_input, torch.Tensor):
         if example_input.dim() < 2:
             raise AmcError(f"example_input must be a batch (N, C, ...), got shape {tuple(example_input.shape)}")
@@ -26,7 +27,7 @@ def inspect(model: nn.Module, example_input: torch.Tensor | Sequence[int], exclu
 
     ``example_input``: a batch (N, C, H, W) or one example's shape (C, H, W).
     """
-    return trace(model, _shape(example_input), exclude).groups
+    return trace(model, example_shape(example_input), exclude).groups
 
 
 def uniform_policy(model: nn.Module, example_input: torch.Tensor | Sequence[int], target: float,
@@ -39,7 +40,7 @@ def uniform_policy(model: nn.Module, example_input: torch.Tensor | Sequence[int]
     :class:`~amc.cost.CostModel`. ``prune``: recovery settings recorded in the policy (used when it
     is applied). ``model_spec``: how to rebuild the architecture (recorded; e.g. ``ModelSpec.to_dict()``).
     """
-    graph = graph or trace(model, _shape(example_input), exclude)
+    graph = graph or trace(model, example_shape(example_input), exclude)
     costs = cost_model(cost)
     budget = Budget(graph, costs, target, round_to=round_to, lbound=lbound)
     ratio, keep = budget.uniform()

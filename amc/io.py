@@ -72,7 +72,7 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
     return model
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, rename it over ``path``, fsync the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,12 +102,12 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` ``obj`` to ``path`` atomically."""
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     """Write ``text`` to ``path`` atomically."""
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 # ---------------------------------------------------------------- compact models
@@ -185,7 +185,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
         raise AmcError(f"ONNX export failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     finally:
         tmp.unlink(missing_ok=True)
-    _atomic_write(path, lambda t: Path(t).write_bytes(data))
+    atomic_write(path, lambda t: Path(t).write_bytes(data))
     try:
         import onnxruntime as ort  # noqa: PLC0415
     except ImportError:

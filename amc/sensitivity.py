@@ -27,12 +27,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .api import _shape
+from .api import example_shape
 from .calibration import CalibrationSet
 from .config import PruneConfig
 from .cost import cost_model
 from .errors import AmcError
-from .io import _atomic_write
+from .io import atomic_write
 from .policy import Policy
 from .prune import PruningEngine, fold_masks
 from .ratios import channels_for_ratio
@@ -88,7 +88,7 @@ def sensitivity(model: nn.Module, example_input: torch.Tensor | Sequence[int], s
                      "size": size, "score": float(score), "baseline_score": baseline, "drop": baseline - float(score)})
 
     if granularity == "channel":
-        graph = graph or trace(model, _shape(example_input), exclude)
+        graph = graph or trace(model, example_shape(example_input), exclude)
         if not graph.prunable:
             raise AmcError("the model has no prunable channel groups (see `amc inspect`)")
         engine = PruningEngine(model, graph, PruneConfig(criterion=criterion, reconstruct=False, bn_batches=0,
@@ -190,7 +190,7 @@ def allocate(curves: pd.DataFrame, target: float, tolerance: float, *, model: nn
         if graph is None:
             if example_input is None:
                 raise AmcError("channel curves need the model's example_input (or graph) to count MACs")
-            graph = trace(model, _shape(example_input), exclude)
+            graph = trace(model, example_shape(example_input), exclude)
         costs = cost_model(cost or "macs")
         unknown = [n for n in tolerated if n not in graph.group or not graph.group[n].prunable]
         if unknown:
@@ -224,7 +224,7 @@ def allocate(curves: pd.DataFrame, target: float, tolerance: float, *, model: nn
 
     m = _bisect(ratio_at, target, "params")
     sparsities = {n: sparsity(n, m) for n in layers}
-    shape = list(_shape(example_input)) if example_input is not None else list((model_spec or {}).get("input_shape", []))
+    shape = list(example_shape(example_input)) if example_input is not None else list((model_spec or {}).get("input_shape", []))
     return Policy.for_weights(sparsities, model=spec, input_shape=shape,
                               cost={"name": "params", "definition": "non-zero parameter elements (pruned weights "
                                     "count as removed)"},
@@ -255,4 +255,4 @@ def plot_sensitivity(curves: pd.DataFrame, path: str | Path, *, title: str | Non
     if names <= 30:
         ax.legend(fontsize=6, ncol=max(1, names // 15), loc="lower left")
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))

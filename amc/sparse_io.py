@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .errors import AmcError
-from .io import _atomic_write, channel_manifest, load_weights, resize_to_manifest
+from .io import atomic_write, channel_manifest, load_weights, resize_to_manifest
 from .models import ModelSpec, build_model
 
 MAGIC = b"AMCSPARSE\x01\n"
@@ -104,7 +104,7 @@ def save_sparse(model: nn.Module | dict[str, torch.Tensor], path: str | os.PathL
             for chunk in chunks:
                 f.write(chunk)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return os.path.getsize(path)
 
 

@@ -161,11 +161,11 @@ def run_search(cfg: SearchConfig, folder: str | Path, *, resume: bool = False, p
     ``task``: a prebuilt task for ``cfg`` (else opened from the model and data configs).
     """
     validate(cfg)
-    if cfg.agent.algorithm != "random" and cfg.episodes <= cfg.agent.warmup_episodes:
-        raise AmcError(f"with {cfg.episodes} episodes and {cfg.agent.warmup_episodes} warm-up episodes the "
-                       f"{cfg.agent.algorithm} agent would never learn (a random search): lower --warmup-episodes "
-                       f"(e.g. {max(1, cfg.episodes // 4)}) or use --agent random")
     if not resume:  # check the inputs (and that the budget is reachable) before the run folder is created
+        if cfg.agent.algorithm != "random" and cfg.episodes <= cfg.agent.warmup_episodes:
+            raise AmcError(f"with {cfg.episodes} episodes and {cfg.agent.warmup_episodes} warm-up episodes the "
+                           f"{cfg.agent.algorithm} agent would never learn (a random search): lower "
+                           f"--warmup-episodes (e.g. {max(1, cfg.episodes // 4)}) or use --agent random")
         RunStore.check_new(folder)
         task = task or _open_task(cfg)
         ChannelPruningEnv(task, cfg.env)
