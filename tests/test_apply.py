@@ -5,10 +5,9 @@ import amc
 from amc.config import AgentConfig, CalibrationConfig, DataConfig, ModelConfig, PruneConfig, SearchConfig
 from amc.data import load_splits
 from amc.errors import AmcError
-from amc.evaluation import evaluate
 from amc.io import save_model
 from amc.models import ModelSpec, available_models, build_model
-from amc_agents import RunStore, run_search
+from amc_agents import run_search
 from amc_envs import make_task
 
 SPEC = ModelSpec("resnet8", 10, (3, 16, 16))

@@ -129,7 +129,6 @@ def cases():
                          "--reward-scale": ["0", "nan"], "--threads": ["-1"], "--seed": ["-1"], "--hidden": ["0"],
                          "--num-classes": ["0"], "--split-seed": ["-2"], "--calibration-seed": ["-1"]}.items():
         for v in values:
-            field = flag.lstrip("-").replace("-", "_")
             c.append((f"search{flag}={v}", [*SEARCH, *ck, flag, v, "--out", "{d}/new"], None))
     for flag, v in (("--episodes", "abc"), ("--target", "half"), ("--agent", "ppo"), ("--criterion", "l7"),
                     ("--cost", "joules"), ("--mode", "greedy"), ("--metric", "top3"), ("--dataset", "mnist")):

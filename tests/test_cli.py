@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from amc.cli import build_parser
-from amc.cli.args import BOOL, FLAGS, SECTIONS, dest, run_values, section
+from amc.cli.args import BOOL, FLAGS, SECTIONS, run_values, section
 from amc.config import SearchConfig
 from amc.io import save_model
 from amc.models import ModelSpec, build_model

@@ -3,7 +3,6 @@ import errno
 import json
 
 import pandas as pd
-import pytest
 
 import amc_agents.store
 from amc.cli import main

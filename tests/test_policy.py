@@ -2,7 +2,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from amc.api import uniform_policy
 from amc.config import CalibrationConfig, PruneConfig

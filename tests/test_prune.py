@@ -5,7 +5,7 @@ from torch.nn.utils import prune as torch_prune
 
 from amc.calibration import CalibrationSet, Needs, collect_stats
 from amc.config import PruneConfig
-from amc.cost import MacsCost, ParamsCost
+from amc.cost import MacsCost
 from amc.errors import AmcError
 from amc.importance import CRITERIA, ScoringContext, criterion
 from amc.io import channel_manifest, resize_to_manifest

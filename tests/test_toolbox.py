@@ -21,7 +21,7 @@ from amc.sparse_io import dense_state_dict, load_sparse, open_sparse, save_spars
 from amc.structure import trace
 from amc.training import KeepMasks, Trainer
 from amc.config import TrainConfig
-from amc.unstructured import export_masks, layer_sparsities, magnitude_masks, prune_unstructured
+from amc.unstructured import export_masks, layer_sparsities, prune_unstructured
 
 NORM = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 

@@ -11,7 +11,7 @@ from torch import nn
 from amc.calibration import CalibrationSet
 from amc.config import CalibrationConfig, DataConfig, ModelConfig, PruneConfig
 from amc.cost import CostModel, MacsCost, ParamsCost, check_costs
-from amc.data import ImageSet, load_splits, normalization, synthetic_images
+from amc.data import ImageSet, load_splits, normalization
 from amc.evaluation import evaluate
 from amc.io import open_model
 from amc.models import ModelSpec, build_model
