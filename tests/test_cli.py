@@ -158,6 +158,11 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert len(pd.read_csv(killed / "episodes.csv")) < 14
+    resume = subprocess.Popen([sys.executable, "-m", "amc.cli", "search", "--resume", str(killed), "--quiet"], env=ENV,
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(2.5)  # killed again, during the resume's start-up or its first episodes
+    resume.send_signal(signal.SIGKILL)
+    resume.wait()
     r = amc("search", "--resume", killed, "--quiet", "--bn-batches", "3")
     assert r.returncode == 2 and "prune.bn_batches: 1 -> 3" in r.stderr
     r = amc("search", "--resume", killed, "--quiet")
