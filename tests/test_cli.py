@@ -176,8 +176,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
 
 
 def test_ctrl_c_stops_with_a_resume_command_and_the_run_resumes(tmp_path):
-    out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "amc.cli", *_search_cmd(out)], env=ENV, cwd=ROOT,
+    out = tmp_path / "run"  # 60 episodes: still running when the signal comes
+    proc = subprocess.Popen([sys.executable, "-m", "amc.cli", *_search_cmd(out), "--episodes", "60"], env=ENV, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not ((out / "episodes.csv").is_file() and
@@ -186,9 +186,10 @@ def test_ctrl_c_stops_with_a_resume_command_and_the_run_resumes(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and f"amc search --resume {out}" in err
+    assert len(pd.read_csv(out / "episodes.csv")) < 60
     r = amc("search", "--resume", out, "--quiet")
     assert r.returncode == 0, r.stderr
-    assert pd.read_csv(out / "episodes.csv").episode.tolist() == list(range(1, 15))
+    assert pd.read_csv(out / "episodes.csv").episode.tolist() == list(range(1, 61))
 
 
 def test_demo_runs_offline_and_reuses_its_folder(tmp_path):
