@@ -177,8 +177,10 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
 
 def test_ctrl_c_stops_with_a_resume_command_and_the_run_resumes(tmp_path):
     out = tmp_path / "run"  # 60 episodes: still running when the signal comes
+    # a test runner started in the background inherits an ignored SIGINT; a user's terminal delivers it
     proc = subprocess.Popen([sys.executable, "-m", "amc.cli", *_search_cmd(out), "--episodes", "60"], env=ENV, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not ((out / "episodes.csv").is_file() and
                                           len((out / "episodes.csv").read_text().splitlines()) >= 4):
