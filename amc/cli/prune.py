@@ -16,6 +16,7 @@ from ..errors import AmcError
 from ..evaluation import evaluate
 from ..io import save_model
 from ..policy import Policy
+from ..prune import needs_calibration
 from ..prune import fold_masks
 from ..ratios import channels_for_ratio
 from ..schedules import SCHEDULES, schedule_callbacks
@@ -25,9 +26,6 @@ from ..training import Progress, Trainer, Validate
 from ..unstructured import SCOPES, copy_model, layer_sparsities, prune_unstructured
 from .args import add_flags, add_model_arg, command_line, print_table, section
 from .common import check_device, check_output, normalized, open_from_args, splits_for
-
-ACTIVATION_CRITERIA = ("apoz", "mean_activation", "taylor")
-
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -215,7 +213,7 @@ def _channels(args, model, spec, policy, data, finetune, device, test, model_cfg
                                     lbound=env.lbound, exclude=model_cfg.exclude, prune=prune_cfg, model_spec=model_spec)
         policy.calibration, policy.data = calib_cfg, data
         policy.provenance["command"] = command_line()
-    uses_data = prune_cfg.reconstruct or prune_cfg.bn_batches > 0 or prune_cfg.criterion in ACTIVATION_CRITERIA
+    uses_data = needs_calibration(prune_cfg)
     calibration: CalibrationSet | None = None
     if uses_data:
         if data is None:
