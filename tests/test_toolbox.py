@@ -15,7 +15,7 @@ from amc.io import open_model, save_model
 from amc.models import ModelSpec, build_model
 from amc.policy import Policy
 from amc.prune import fold_masks
-from amc.schedules import AGP, PruneRounds, agp_sparsity, schedule_callbacks
+from amc.schedules import AGP, ChannelMasks, PruneRounds, agp_sparsity, schedule_callbacks
 from amc.sensitivity import allocate, sensitivity, tolerated_levels
 from amc.sparse_io import dense_state_dict, load_sparse, open_sparse, save_sparse, sparse_header, sparse_size_report
 from amc.structure import trace
@@ -169,6 +169,72 @@ def test_rounds_and_named_schedules_use_the_same_epochs():
             work, _images(), NORM)
         assert len(state.history) == 2
         assert layer_sparsities(work)["small"] == pytest.approx(0.5, abs=1e-2), name
+
+
+def _channel_setup(frac=0.5):
+    spec = ModelSpec("resnet8", 4, (3, 8, 8))
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    graph = trace(model, spec.input_shape)
+    keep = {g.name: max(1, int(g.channels * frac)) for g in graph.prunable}
+    return model, graph, keep
+
+
+def test_channel_agp_removes_channels_gradually_never_revives_them_and_compacts_to_the_same_function():
+    model, graph, keep = _channel_setup()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pruning = ChannelMasks(graph, keep, criterion="l1")
+    work, callbacks = schedule_callbacks(model, "agp", epochs=3, steps_per_epoch=6, pruning=pruning, agp_count=4)
+    agp = callbacks[0]
+    history = []
+
+    class Watch(amc.training.Callback):  # the kept sets after every pruning step
+        def on_step_end(self, s):
+            history.append({n: set(i.tolist()) for n, i in pruning.kept.items()})
+
+    state = Trainer(TrainConfig(epochs=3, lr=0.05, batch_size=8, augment=False), [*callbacks, Watch()]).fit(
+        work, _images(), NORM)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the input is untouched
+    levels = [e["channels_removed"] for e in agp.events]
+    assert levels == sorted(levels) and levels[-1] == pytest.approx(pruning.final) and len(levels) == 5
+    macs = [e["macs_kept"] for e in agp.events]
+    assert macs == sorted(macs, reverse=True) and macs[0] > macs[-1]
+    for name, final_keep in keep.items():  # monotone: a removed channel never comes back
+        sets = [h[name] for h in history if name in h]
+        assert all(later <= earlier for earlier, later in zip(sets, sets[1:]))
+        assert len(sets[-1]) == final_keep
+    assert state.history[-1]["channels_removed"] == pytest.approx(pruning.final)
+    small = pruning.compact(work)
+    x = NORM(_images(8, seed=1).images)
+    with torch.no_grad():
+        assert torch.allclose(small.eval()(x), work.eval()(x), atol=1e-5)
+    assert MacsCost().measure(small, (3, 8, 8)) == MacsCost().cost(graph, keep)
+
+
+def test_channel_rounds_follow_the_geometric_levels_and_refuse_to_compact_early():
+    model, graph, keep = _channel_setup(0.25)
+    pruning = ChannelMasks(graph, keep)
+    rounds = PruneRounds(rounds=3, epochs=3, pruning=pruning)
+    seen = []
+
+    class Stop(amc.training.Callback):
+        def on_epoch_end(self, s):
+            seen.append(pruning.counts(rounds.current))
+            if s.epoch == 0:
+                with pytest.raises(AmcError, match="not reached its final"):
+                    pruning.compact(s.model)
+
+    Trainer(TrainConfig(epochs=3, lr=0.05, batch_size=16, augment=False), [KeepMasks(), rounds, Stop()]).fit(
+        model, _images(), NORM)
+    f = pruning.final
+    assert [e["channels_removed"] for e in rounds.events] == pytest.approx([1 - (1 - f) ** (k / 3) for k in (1, 2, 3)])
+    assert seen[-1] == keep and all(seen[0][n] > keep[n] for n in keep)
+    for e in rounds.events:  # each group removes its share of the level (to within one channel)
+        counts = pruning.counts(e["channels_removed"])
+        removed = sum(graph.group[n].channels - c for n, c in counts.items())
+        assert abs(removed / sum(graph.group[n].channels for n in keep) - e["measured"]) < 1e-12
+    with pytest.raises(AmcError, match="scores channels on data"):
+        ChannelMasks(graph, keep, criterion="apoz")
 
 
 # ---------------------------------------------------------------- sensitivity and allocation
@@ -326,6 +392,18 @@ def test_cli_prune_agp_finetune(tmp_path, checkpoint, monkeypatch):
     assert len(history) == 2 and all("val_top1" in r and "sparsity" in r for r in history)
     assert history[-1]["sparsity"] == pytest.approx(0.8)
     assert amc.prune.sparsity(model) == pytest.approx(0.8, abs=0.01)
+    cout = tmp_path / "rounds.pt"  # channels: masked over 2 rounds, then removed for real
+    assert main(["prune", "resnet8", "--checkpoint", checkpoint, "--granularity", "channel", "--target", "0.5", *DATA,
+                 "--finetune-epochs", "2", "--schedule", "rounds", "--rounds", "2", "--batch-size", "16",
+                 "--out", str(cout)]) == 0
+    small, _, extra = open_model(None, cout)
+    report = extra["prune_report"]
+    levels = [e["channels_removed"] for e in report["schedule_events"]]
+    assert len(levels) == 2 and 0 < levels[0] < levels[1] and report["history"][-1]["channels_removed"] == levels[1]
+    policy = Policy.from_dict(extra["policy"])
+    assert MacsCost().measure(small, (3, 16, 16)) <= 0.5 * MacsCost().measure(open_model(None, checkpoint)[0], (3, 16, 16))
+    assert all(d.kept_indices is not None for d in policy.groups if d.kept_channels < d.channels)
+    assert report["schedule_events"][-1]["macs_kept"] == pytest.approx(policy.metrics["macs_ratio"])
 
 
 def test_cli_sensitivity_writes_curves_plot_and_policies_usable_downstream(tmp_path, checkpoint, capsys):

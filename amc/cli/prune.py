@@ -8,18 +8,19 @@ from pathlib import Path
 
 from ..api import uniform_policy
 from ..apply import apply_policy, calibration_for
-from ..calibration import CalibrationSet
+from ..calibration import CalibrationSet, Needs
 from ..config import replace, validate
 from ..cost import MacsCost
 from ..data import normalization
 from ..errors import AmcError
 from ..evaluation import evaluate
+from ..importance import criterion
 from ..io import save_model
 from ..policy import Policy
 from ..prune import needs_calibration
 from ..prune import fold_masks
 from ..ratios import channels_for_ratio
-from ..schedules import SCHEDULES, schedule_callbacks
+from ..schedules import SCHEDULES, ChannelMasks, schedule_callbacks
 from ..sparse_io import save_sparse, sparse_size_report
 from ..structure import trace
 from ..training import Progress, Trainer, Validate
@@ -54,7 +55,8 @@ def add_parser(sub) -> None:
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune for this many epochs (needs data)")
     p.add_argument("--schedule", choices=SCHEDULES, default="oneshot",
                    help="oneshot: prune, then fine-tune; agp: gradual (cubic) sparsity over the first 3/4 of the "
-                   "steps; rounds: --rounds prune -> fine-tune rounds; same total epochs (weight granularity)")
+                   "steps; rounds: --rounds prune -> fine-tune rounds; same total epochs. Channels are masked while "
+                   "they are pruned gradually and removed for real at the end")
     p.add_argument("--rounds", type=int, default=3, help="pruning rounds of --schedule rounds (default 3)")
     p.add_argument("--random-init", action="store_true", help="allow pruning a model without trained weights")
     p.add_argument("--device", default="cpu")
@@ -78,6 +80,8 @@ def _check(args: argparse.Namespace, granularity: str, policy: Policy | None) ->
         raise AmcError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
     if args.rounds < 1:
         raise AmcError(f"--rounds must be >= 1, got {args.rounds}")
+    if args.schedule != "oneshot" and args.finetune_epochs == 0:
+        raise AmcError(f"--schedule {args.schedule} prunes during fine-tuning: give --finetune-epochs")
     if not args.out and not args.sparse_out:
         raise AmcError("nothing to write: give --out and/or --sparse-out")
     if args.sparsity is not None and not (math.isfinite(args.sparsity) and 0 <= args.sparsity < 1):
@@ -97,8 +101,6 @@ def _check(args: argparse.Namespace, granularity: str, policy: Policy | None) ->
                            "--ratio, --target or a channel policy (and --exclude to keep groups)")
         if sum(x is not None for x in (args.ratio, args.target, policy)) != 1:
             raise AmcError("give exactly one of --ratio R, --target T and a channel policy")
-        if args.schedule != "oneshot":
-            raise AmcError(f"--schedule {args.schedule} prunes weights gradually; channel pruning is one-shot")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -183,8 +185,6 @@ def _weights(args, model, spec, policy, data, finetune, device, test):
     if policy is not None:
         extra["policy"] = policy.to_dict()
     if args.finetune_epochs == 0:
-        if args.schedule != "oneshot":
-            raise AmcError(f"--schedule {args.schedule} prunes during fine-tuning: give --finetune-epochs")
         return prune_unstructured(model, final, scope=args.scope, keep_dense=args.keep_dense,
                                   sparsities=sparsities), [], extra
     train_len = len(splits_for(data, spec, ("train",))["train"])
@@ -193,7 +193,7 @@ def _weights(args, model, spec, policy, data, finetune, device, test):
                                          rounds=args.rounds, scope=args.scope, keep_dense=args.keep_dense,
                                          sparsities=sparsities)
     history = _fit(work, callbacks, data, spec, finetune, device, test)
-    return work, history, extra
+    return work, history, {**extra, "schedule_events": callbacks[0].events if args.schedule != "oneshot" else []}
 
 
 def _channels(args, model, spec, policy, data, finetune, device, test, model_cfg, prune_cfg, env, calib_cfg):
@@ -213,7 +213,8 @@ def _channels(args, model, spec, policy, data, finetune, device, test, model_cfg
                                     lbound=env.lbound, exclude=model_cfg.exclude, prune=prune_cfg, model_spec=model_spec)
         policy.calibration, policy.data = calib_cfg, data
         policy.provenance["command"] = command_line()
-    uses_data = needs_calibration(prune_cfg)
+    uses_data = needs_calibration(prune_cfg) if args.schedule == "oneshot" else \
+        bool(criterion(prune_cfg.criterion).needs & (Needs.ACTIVATIONS | Needs.GRADIENTS))
     calibration: CalibrationSet | None = None
     if uses_data:
         if data is None:
@@ -221,7 +222,25 @@ def _channels(args, model, spec, policy, data, finetune, device, test, model_cfg
                            "calibration images: give --dataset (and --data-dir), or --no-reconstruct --bn-batches 0")
         policy.calibration = calib_cfg
         calibration = calibration_for(policy, data=data, device=device)
-    applied = apply_policy(model, policy, calibration=calibration, prune=prune_cfg)
-    pruned = applied.model
-    history = _fit(pruned, [], data, spec, finetune, device, test) if args.finetune_epochs > 0 else []
-    return pruned, history, {"policy": policy.to_dict(), "costs": {k: list(v) for k, v in applied.costs.items()}}
+    extra = {"schedule": args.schedule}
+    if args.schedule == "oneshot":
+        applied = apply_policy(model, policy, calibration=calibration, prune=prune_cfg)
+        pruned = applied.model
+        history = _fit(pruned, [], data, spec, finetune, device, test) if args.finetune_epochs > 0 else []
+        extra["costs"] = {k: list(v) for k, v in applied.costs.items()}
+    else:  # gradual: channels masked during fine-tuning, removed for real at the end
+        graph = trace(model, policy.input_shape, policy.model.get("exclude", ()))
+        pruning = ChannelMasks(graph, policy.keep(graph), criterion=prune_cfg.criterion, calibration=calibration,
+                               points_per_image=prune_cfg.points_per_image, seed=prune_cfg.seed)
+        train_len = len(splits_for(data, spec, ("train",))["train"])
+        work, callbacks = schedule_callbacks(model, args.schedule, epochs=finetune.epochs, pruning=pruning,
+                                             steps_per_epoch=math.ceil(train_len / finetune.batch_size),
+                                             rounds=args.rounds)
+        history = _fit(work, callbacks, data, spec, finetune, device, test)
+        pruned = pruning.compact(work)
+        for d in policy.groups:  # the channels the schedule chose, so the policy rebuilds this structure
+            if d.name in pruning.kept:
+                d.kept_indices = pruning.kept[d.name].tolist()
+        policy.metrics = {**policy.metrics, "schedule": args.schedule, "criterion": prune_cfg.criterion}
+        extra["schedule_events"] = callbacks[0].events
+    return pruned, history, {"policy": policy.to_dict(), **extra}
