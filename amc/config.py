@@ -108,7 +108,10 @@ class EnvConfig:
     dense cost to keep (constrained mode). mode: ``constrained`` (reward = -error, actions clamped
     to meet the budget) | ``accuracy`` (reward = -error * log(cost), no clamp). lbound / rbound:
     preserve-ratio bounds of every action. round_to: kept channel counts are multiples of this.
-    metric: ``top1`` | ``top5``. reward_scale: multiplies the reward.
+    metric: ``top1`` | ``top5``. reward_scale: multiplies the reward. budget_rule (constrained mode):
+    ``clamp`` (AMC: each action capped in forward order so the rest can still meet the budget at
+    ``lbound``) | ``scale`` (the episode's actions keep their shape and one common factor meets the
+    budget: :meth:`amc.cost.Budget.scaled`).
     """
 
     cost: str = "macs"
@@ -119,6 +122,7 @@ class EnvConfig:
     round_to: int = 1
     metric: str = "top1"
     reward_scale: float = 1.0
+    budget_rule: str = "clamp"
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,7 @@ def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
 # ---------------------------------------------------------------- validation
 CRITERIA = ("l1", "l2", "apoz", "mean_activation", "taylor", "random")
 COSTS = ("macs", "flops", "params")
+BUDGET_RULES = ("clamp", "scale")
 ALGORITHMS = ("ddpg", "td3", "sac", "random")
 DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
 
@@ -303,7 +308,8 @@ _RULES: dict[type, dict[str, tuple]] = {
     EnvConfig: {"cost": (lambda x: x in COSTS, " | ".join(COSTS)), "target": _FRACTION,
                 "mode": (lambda x: x in ("constrained", "accuracy"), "constrained | accuracy"),
                 "lbound": _FRACTION, "rbound": _FRACTION, "round_to": (lambda x: _whole(x, 1), "a whole number >= 1"),
-                "metric": (lambda x: x in ("top1", "top5"), "top1 | top5"), "reward_scale": _RATE},
+                "metric": (lambda x: x in ("top1", "top5"), "top1 | top5"), "reward_scale": _RATE,
+                "budget_rule": (lambda x: x in BUDGET_RULES, " | ".join(BUDGET_RULES))},
     AgentConfig: {"algorithm": (lambda x: x in ALGORITHMS, " | ".join(ALGORITHMS)),
                   "hidden": (lambda x: len(x) >= 1 and all(_whole(v, 1) for v in x), "whole numbers >= 1"),
                   "actor_lr": _RATE, "critic_lr": _RATE, "tau": _FRACTION,

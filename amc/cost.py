@@ -19,7 +19,7 @@ counts: the reachable floor, AMC's clamp (:meth:`Budget.max_count`) and the unif
 """
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
@@ -213,22 +213,37 @@ class Budget:
                 hi = mid - 1
         return counts[lo]
 
+    def scaled(self, ratios: Mapping[GroupName, float], steps: int = 40) -> tuple[float, dict[GroupName, int]]:
+        """The budget-aware mapping: the policy's *shape* is kept and its *scale* meets the budget.
+
+        ``ratios``: a preserve ratio per group (absent groups: 1). Returns ``(alpha, keep)`` with
+        ``keep[g] = count_for(g, alpha * ratios[g])`` for the largest ``alpha >= 0`` (found by
+        bisection) whose cost is at most ``target`` x dense: every group shrinks (or grows) by the same
+        factor, so no group is starved because it comes late, and the budget is spent, not wasted.
+        """
+        shape = {g.name: max(float(ratios.get(g.name, 1.0)), 1e-6) for g in self.groups}
+
+        def keep_at(alpha: float) -> dict[GroupName, int]:
+            return {name: self.count_for(name, alpha * r) for name, r in shape.items()}
+
+        lo, hi = 0.0, self.rbound / min(shape.values())  # alpha = 0: every group at lbound (reachable)
+        if self.ratio(keep_at(hi)) <= self.target:
+            return hi, keep_at(hi)
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            if self.ratio(keep_at(mid)) <= self.target:
+                lo = mid
+            else:
+                hi = mid
+        return lo, keep_at(lo)
+
     def uniform(self, steps: int = 40) -> tuple[float, dict[GroupName, int]]:
         """The largest preserve ratio, the same for every group, whose cost is <= target x dense (bisection).
 
         Returns (ratio, keep).
         """
-        lo, hi = self.lbound, self.rbound
-        keep_hi = {g.name: self.count_for(g.name, hi) for g in self.groups}
-        if self.ratio(keep_hi) <= self.target:
-            return hi, keep_hi
-        for _ in range(steps):
-            mid = (lo + hi) / 2
-            if self.ratio({g.name: self.count_for(g.name, mid) for g in self.groups}) <= self.target:
-                lo = mid
-            else:
-                hi = mid
-        return lo, {g.name: self.count_for(g.name, lo) for g in self.groups}
+        ratio, keep = self.scaled({}, steps)
+        return max(ratio, self.lbound), keep
 
     def contribution(self, group: GroupName, keep: Keep | None = None) -> float:
         """Part of the cost (fraction of dense) that scales with ``group``: the cost removed by emptying it."""

@@ -16,6 +16,10 @@ Nesterov, cosine lr from ``--lr`` to 0, batch 128, crop+flip; the same for every
 - part 3: bytes on disk (dense ``torch.save`` state_dict, sparse, sparse int8) of a 90% global sparse
   model and CPU latency (1 thread, batch 1 and 64, medians, interleaved) of dense vs masked-sparse vs
   channel-pruned -> ``size.csv``, ``speed.csv``, ``size_speed.md``.
+- part 4: channel pruning at 50% MACs (the uniform and the AMC-searched policy) one-shot (applied with
+  least squares + BN recalibration, then fine-tuned) vs AGP vs ``--channel-rounds`` rounds over channel
+  masks (:class:`amc.schedules.ChannelMasks`), ``--channel-epochs`` epochs each, search-split top-1 per
+  epoch -> ``channel_schedules.{csv,md}``.
 
 Every unit of work writes ``OUT/parts/...json`` with the settings it ran with; a rerun with the same
 settings skips it. ``record.json`` holds the machine, versions, command, seconds and settings.
@@ -85,7 +89,7 @@ def context(settings: dict) -> dict:
     _CTX.clear()
     _CTX.update(key=key, model=model, spec=spec, data=data, train=train, norm=norm,
                 test=(norm(splits["test"].images), splits["test"].labels),
-                search=(norm(splits["search"].images), splits["search"].labels))
+                search=(norm(splits["search"].images), splits["search"].labels), search_set=splits["search"])
     return _CTX
 
 
@@ -194,7 +198,55 @@ def unit_channel_policy(settings: dict, name: str, policy_path: str, out: str) -
     return row
 
 
-UNITS = {"sparsity": unit_sparsity, "sensitivity": unit_sensitivity, "channel": unit_channel_policy}
+CHANNEL_SCHEDULES = ("oneshot", "agp", "rounds")
+
+
+def unit_channel_schedule(settings: dict, schedule: str, name: str, policy_path: str, out: str) -> dict:
+    """Part 4: one channel policy at 50% MACs, pruned one-shot (policy applied with least squares + BN
+    recalibration, then fine-tuned) or gradually (AGP / rounds over channel masks during the same
+    fine-tuning, then removed for real); search-split top-1 after every epoch, test top-1 at the end."""
+    from amc import Policy, apply_policy, calibration_for, schedule_callbacks
+    from amc.schedules import ChannelMasks
+    from amc.structure import trace
+    from amc.training import Validate
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    ctx = context(settings)
+    began = time.perf_counter()
+    amc_policy, policy = Policy.load(AMC_POLICY), Policy.load(policy_path)
+    epochs = settings["channel_epochs"]
+    cfg = {**settings, "epochs": epochs}
+    validate = Validate(ctx["search_set"], ctx["norm"], prefix="search")
+    events = []
+    if schedule == "oneshot":
+        calibration = calibration_for(amc_policy, data=ctx["data"])
+        model = apply_policy(ctx["model"], policy, calibration=calibration, prune=amc_policy.prune).model
+        before = top1(model, ctx["test"])
+        history, train_s = finetune(ctx, model, [validate], cfg)
+    else:
+        graph = trace(ctx["model"], ctx["spec"].input_shape, policy.model.get("exclude", ()))
+        pruning = ChannelMasks(graph, policy.keep(graph), criterion="l1")
+        work, callbacks = schedule_callbacks(ctx["model"], schedule, epochs=epochs, pruning=pruning,
+                                             steps_per_epoch=math.ceil(len(ctx["train"]) / 128),
+                                             rounds=settings["channel_rounds"])
+        before = None
+        history, train_s = finetune(ctx, work, [validate, *callbacks], cfg)
+        events = callbacks[0].events
+        model = pruning.compact(work)
+    from amc.cost import MacsCost
+    return {"policy": name, "schedule": schedule, "epochs": epochs,
+            "macs_ratio": MacsCost().measure(model, ctx["spec"].input_shape)
+            / MacsCost().measure(ctx["model"], ctx["spec"].input_shape),
+            "test_top1_before_finetune": before, "test_top1_finetuned": top1(model, ctx["test"]),
+            "search_top1_per_epoch": [r["search_top1"] for r in history],
+            "levels": [{"epoch": e["epoch"], "step": e["step"], "channels_removed": e["channels_removed"],
+                        "macs_kept": e["macs_kept"]} for e in events],
+            "train_loss_last_epoch": history[-1]["train_loss"], "train_seconds": train_s,
+            "seconds": time.perf_counter() - began}
+
+
+UNITS = {"sparsity": unit_sparsity, "sensitivity": unit_sensitivity, "channel": unit_channel_policy,
+         "channel_schedule": unit_channel_schedule}
 
 
 # ---------------------------------------------------------------- driver: cache, pool, dynamic submission
@@ -523,13 +575,49 @@ def part3(out: Path, s: dict) -> dict:
     return {"sparse_source": source, "seconds": time.perf_counter() - began}
 
 
+# ---------------------------------------------------------------- part 4
+def part4_tasks(s: dict) -> list:
+    rel = {**train_settings(s), "channel_epochs": s["channel_epochs"], "channel_rounds": s["channel_rounds"]}
+    policies = {"uniform": UNIFORM_POLICY, "AMC (DDPG, seed 0)": AMC_POLICY}
+    return [(f"part4/{'amc' if 'AMC' in name else name}-{sched}", "channel_schedule",
+             {"schedule": sched, "name": name, "policy_path": str(path)}, rel)
+            for name, path in policies.items() for sched in CHANNEL_SCHEDULES]
+
+
+def part4_report(out: Path, results: dict, dense_top1: float, s: dict) -> None:
+    import pandas as pd
+    from amc.io import atomic_write_text
+    rows = [r for k, r in results.items() if k.startswith("part4/") and "error" not in r]
+    if not rows:
+        return
+    df = pd.DataFrame(rows)
+    flat = df.drop(columns=["levels", "search_top1_per_epoch"]).assign(
+        search_top1_per_epoch=[json.dumps([round(v, 4) for v in r]) for r in df.search_top1_per_epoch],
+        macs_kept_per_pruning_step=[json.dumps([round(e["macs_kept"], 4) for e in r]) for r in df.levels])
+    atomic_write_text(flat.to_csv(index=False), out / "channel_schedules.csv")
+    lines = [f"Channel pruning at 50% MACs, ResNet-20; dense test top-1 {dense_top1 * 100:.2f}%. Same "
+             f"{s['channel_epochs']} epochs of {s['subset']:,} images (lr {s['lr']}, cosine) for every schedule. "
+             "One-shot: the policy applied with least squares + BN recalibration, then fine-tuned. AGP / rounds: "
+             "channels (L1 of their consumer weights, re-scored at every pruning step) masked gradually during the "
+             f"fine-tuning (AGP: cubic ramp over the first 75% of the steps, at most 10 steps; rounds: "
+             f"{s['channel_rounds']} rounds), then removed for real.", "",
+             "| policy | schedule | MACs kept | test top-1 % before FT | search top-1 % per epoch | test top-1 % after FT |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        before = "–" if r["test_top1_before_finetune"] is None else f"{r['test_top1_before_finetune'] * 100:.2f}"
+        per_epoch = " → ".join(f"{v * 100:.1f}" for v in r["search_top1_per_epoch"])
+        lines.append(f"| {r['policy']} | {r['schedule']} | {r['macs_ratio']:.4f} | {before} | {per_epoch} | "
+                     f"{r['test_top1_finetuned'] * 100:.2f} |")
+    atomic_write_text("\n".join(lines) + "\n", out / "channel_schedules.md")
+
+
 # ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=str(ROOT / "results/benchmarks/resnet20-jpeg-finetune/run/model.pt"))
     p.add_argument("--data-dir", default="/tmp/cifar")
     p.add_argument("--out", default=str(ROOT / "results/benchmarks/toolbox"))
-    p.add_argument("--part", choices=("1", "2", "3", "all"), default="all")
+    p.add_argument("--part", choices=("1", "2", "3", "4", "all"), default="all")
     p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (over --subset images) of every method")
     p.add_argument("--subset", type=int, default=10000, help="fixed seeded subset of the trained-on images")
     p.add_argument("--lr", type=float, default=0.01)
@@ -537,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sparsities", type=float, nargs="+", default=list(SPARSITIES))
     p.add_argument("--channel-levels", type=float, nargs="+", default=list(CHANNEL_LEVELS))
     p.add_argument("--weight-levels", type=float, nargs="+", default=list(WEIGHT_LEVELS))
+    p.add_argument("--channel-epochs", type=int, default=4, help="fine-tuning epochs of part 4 (channel schedules)")
+    p.add_argument("--channel-rounds", type=int, default=3, help="prune -> fine-tune rounds of part 4")
     p.add_argument("--tolerance", type=float, help="allocation tolerance (top-1 drop, fraction); default: the "
                    f"smallest of {TOLERANCES} that the allocation respects at 50%% MACs")
     p.add_argument("--repeats", type=int, nargs=2, default=[200, 20], metavar=("B1", "B64"),
@@ -550,16 +640,19 @@ def main(argv: list[str] | None = None) -> int:
                 "data_dir": args.data_dir, "epochs": args.epochs, "subset": args.subset, "subset_seed": 0,
                 "lr": args.lr, "sparsities": args.sparsities, "channel_levels": args.channel_levels,
                 "weight_levels": args.weight_levels, "tolerance": args.tolerance,
-                "repeats_b1": args.repeats[0], "repeats_b64": args.repeats[1]}
+                "repeats_b1": args.repeats[0], "repeats_b64": args.repeats[1],
+                "channel_epochs": args.channel_epochs, "channel_rounds": args.channel_rounds}
     os.chdir(ROOT)  # the checkpoint is recorded relative to the repository
     started = time.time()
     runner = Runner(out, settings, args.jobs)
-    parts = ("1", "2", "3") if args.part == "all" else (args.part,)
+    parts = ("1", "2", "3", "4") if args.part == "all" else (args.part,)
     tasks, state = [], {}
     if "2" in parts:
         tasks += part2_tasks(settings)
     if "1" in parts:
         tasks += part1_tasks(settings)
+    if "4" in parts:
+        tasks += part4_tasks(settings)
     results = runner.run(tasks, part2_on_done(out, settings, state) if "2" in parts else None) if tasks else {}
     record_path = out / "record.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
@@ -572,6 +665,8 @@ def main(argv: list[str] | None = None) -> int:
         part2_report(out, results, dense_top1, settings)
         if "allocation" in state:
             record["allocation"] = state["allocation"]
+    if "4" in parts:
+        part4_report(out, results, dense_top1, settings)
     if "3" in parts:
         log("part 3: sizes and CPU latency (nothing else running in this script)")
         record["part3"] = part3(out, settings)

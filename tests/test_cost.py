@@ -77,6 +77,38 @@ def test_clamp_always_meets_budget(actions, target, round_to, cost):
     assert budget.ratio(keep) <= target + 1e-9
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=9, max_size=9), st.sampled_from([0.3, 0.5, 0.7]), st.sampled_from([1, 4]),
+       st.sampled_from(["macs", "params"]))
+def test_scaled_rule_meets_budget_keeps_the_shape_and_spends_the_budget(actions, target, round_to, cost):
+    """The budget-aware mapping: within budget, same order of preserve ratios, no budget left on the table."""
+    budget = Budget(_GRAPH, cost, target, round_to=round_to)
+    ratios = {g.name: a for g, a in zip(budget.groups, actions)}
+    alpha, keep = budget.scaled(ratios)
+    assert budget.ratio(keep) <= target + 1e-9
+    assert keep == {g.name: budget.count_for(g.name, alpha * max(ratios[g.name], 1e-6)) for g in budget.groups}
+    for a in budget.groups:  # a group asking for more never keeps a smaller fraction (same width, no rounding)
+        for b in budget.groups:
+            if a.channels == b.channels and ratios[a.name] < ratios[b.name] and round_to == 1:
+                assert keep[a.name] <= keep[b.name]
+    if any(keep[g.name] < budget.counts(g.name)[-1] for g in budget.groups):
+        bigger = {g.name: budget.count_for(g.name, alpha * 1.05 * max(ratios[g.name], 1e-6)) for g in budget.groups}
+        assert bigger == keep or budget.ratio(bigger) > target  # alpha is (nearly) the largest that fits
+
+
+def test_clamp_starves_the_last_groups_and_scaling_does_not():
+    """Asking to keep everything: the clamp gives the early groups all and the late ones the lower bound."""
+    budget = Budget(_GRAPH, "macs", 0.5)
+    clamped = {}
+    for g in budget.groups:
+        clamped[g.name] = min(budget.count_for(g.name, 1.0), budget.max_count(g.name, clamped))
+    first, last = budget.groups[0], budget.groups[-1]
+    assert clamped[first.name] == first.channels and clamped[last.name] == budget.lowest[last.name]
+    _, scaled = budget.scaled({g.name: 1.0 for g in budget.groups})
+    assert scaled == budget.uniform()[1]  # the same shape everywhere: the uniform policy
+    assert scaled[last.name] > clamped[last.name]
+
+
 def test_budget_rejects_nonsense():
     for kwargs in ({"target": 0}, {"target": 1.5}, {"target": float("nan")}, {"target": 0.5, "lbound": 0},
                    {"target": 0.5, "round_to": 0}):

@@ -57,6 +57,21 @@ def test_last_step_terminates_with_a_verified_result(task):
     assert all(len(result.kept[n]) == result.keep[n] for n in result.kept)
 
 
+def test_scale_budget_rule_executes_the_scaled_actions_and_meets_the_budget(task):
+    clamp = ChannelPruningEnv(task, EnvConfig(target=0.5))
+    scale = ChannelPruningEnv(task, EnvConfig(target=0.5, budget_rule="scale"))
+    actions = [1.0] + [0.5] * (len(scale.groups) - 1)
+    _, _, _, info = run_episode(scale, actions)
+    result = info["result"]
+    assert result.keep == scale.budget.scaled(dict(zip([g.name for g in scale.groups], actions)))[1]
+    assert result.cost_ratio["macs"] <= 0.5 + 1e-9
+    assert result.requested[scale.groups[0].name] == 1.0
+    _, _, _, clamped = run_episode(clamp, actions)
+    assert clamped["result"].keep != result.keep  # the rule is not ignored
+    with pytest.raises(AmcError, match="budget_rule"):
+        ChannelPruningEnv(task, EnvConfig(budget_rule="squeeze"))
+
+
 def test_env_is_deterministic(task):
     env = ChannelPruningEnv(task)
     actions = list(np.linspace(0.1, 0.9, len(env.groups)))

@@ -67,6 +67,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--round-to", "env", "round_to", int, "kept channel counts are multiples of this (default 1)"),
     Flag("--metric", "env", "metric", str, "accuracy in the reward (default top1)", choices=("top1", "top5")),
     Flag("--reward-scale", "env", "reward_scale", float, "multiplies the reward (default 1)"),
+    Flag("--budget-rule", "env", "budget_rule", str, "clamp: AMC's per-step cap in forward order (late groups "
+         "may be starved); scale: one common factor on the episode's actions meets the budget (default clamp)",
+         choices=("clamp", "scale")),
     # agent
     Flag("--agent", "agent", "algorithm", str, "searching agent (default ddpg)", choices=("ddpg", "td3", "sac", "random")),
     Flag("--hidden", "agent", "hidden", int, "hidden layer sizes of actor and critic (default 300 300)", nargs="+"),

@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from amc.config import EnvConfig
+from amc.config import BUDGET_RULES, EnvConfig
 from amc.cost import Budget
 from amc.errors import AmcError
 from amc.structure import GroupName
@@ -50,10 +50,13 @@ class ChannelPruningEnv(gym.Env):
     ## Action Space
     ``Box(0, 1, (1,), float32)``: the **preserve ratio** of the current group (fraction of channels
     kept; 1 = unpruned). It is clipped to ``[lbound, rbound]``, turned into a channel count (nearest
-    multiple of ``round_to``, never zero) and, in resource-constrained mode, capped so that the target
-    stays reachable with every later group at ``lbound`` (AMC's clamp, :meth:`amc.cost.Budget.max_count`).
-    The *executed* ratio (count / channels) is reported in ``info["executed_action"]`` and is what the
-    next observation carries.
+    multiple of ``round_to``, never zero). In resource-constrained mode the budget is met by
+    ``budget_rule``: ``clamp`` caps each action so that the target stays reachable with every later
+    group at ``lbound`` (AMC's clamp, :meth:`amc.cost.Budget.max_count`); ``scale`` leaves the actions
+    alone during the episode and, at its end, multiplies all of them by the one factor that meets the
+    budget (:meth:`amc.cost.Budget.scaled`). The ratio executed so far (count / channels; with
+    ``scale``, before the final scaling) is reported in ``info["executed_action"]`` and is what the
+    next observation carries; the final counts are in the :class:`EpisodeResult`.
 
     ## Observation Space
     ``Box(0, 1, (11,), float32)``: AMC's features (:mod:`amc_envs.observation`): ``index``, the group's
@@ -82,14 +85,16 @@ class ChannelPruningEnv(gym.Env):
     - ``cfg``: :class:`~amc.config.EnvConfig`: ``cost`` (``macs`` | ``params``) and ``target`` (fraction
       of the dense cost to keep), ``mode`` (``constrained`` | ``accuracy``), ``lbound`` / ``rbound``
       (preserve-ratio bounds), ``round_to`` (counts are multiples of it), ``metric`` (``top1`` | ``top5``),
-      ``reward_scale``.
+      ``reward_scale``, ``budget_rule`` (``clamp`` | ``scale``).
     """
 
     metadata = {"render_modes": []}
 
     def __init__(self, task: PruningTask | None = None, cfg: EnvConfig = EnvConfig()):
-        if cfg.mode not in ("constrained", "accuracy") or cfg.metric not in ("top1", "top5"):
-            raise AmcError(f"bad environment option: mode={cfg.mode!r}, metric={cfg.metric!r}")
+        if cfg.mode not in ("constrained", "accuracy") or cfg.metric not in ("top1", "top5") \
+                or cfg.budget_rule not in BUDGET_RULES:
+            raise AmcError(f"bad environment option: mode={cfg.mode!r}, metric={cfg.metric!r}, "
+                           f"budget_rule={cfg.budget_rule!r}")
         if not math.isfinite(cfg.reward_scale) or cfg.reward_scale <= 0:
             raise AmcError(f"reward_scale must be a positive number, got {cfg.reward_scale}")
         self.task = task or PruningTask.tiny()
@@ -116,7 +121,7 @@ class ChannelPruningEnv(gym.Env):
         """The channel count the action ``requested`` (a preserve ratio) executes at step ``t``."""
         g = self.groups[t]
         count = self.budget.count_for(g.name, requested)
-        if self.cfg.mode == "constrained":
+        if self.cfg.mode == "constrained" and self.cfg.budget_rule == "clamp":
             count = min(count, self.budget.max_count(g.name, self._keep))
         return count
 
@@ -130,6 +135,8 @@ class ChannelPruningEnv(gym.Env):
         self._t += 1
         if self._t < len(self.groups):
             return self.observer(self._t, self._keep), 0.0, False, False, info
+        if self.cfg.mode == "constrained" and self.cfg.budget_rule == "scale":
+            self._keep = self.budget.scaled(self._requested)[1]
         result = self.evaluate(self._keep, self._requested)
         info["result"] = result
         return np.zeros(self.observation_space.shape, dtype=np.float32), result.reward, True, False, info
