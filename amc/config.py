@@ -87,7 +87,9 @@ class PruneConfig:
     statistics (0 = off). points_per_image: sampled conv output positions per image for the
     least squares (0 = all). ridge: relative ridge term. seed: seeds the random criterion and
     position sampling. channels_last: compact models in channels-last memory format (faster convs
-    on CPU; results equal up to float rounding).
+    on CPU; results equal up to float rounding). bn_scope: which BatchNorms the recalibration
+    re-estimates: ``all`` | ``reconstructed`` (only those directly after a layer the least squares
+    refitted; the others keep the dense statistics).
     """
 
     granularity: str = "channel"
@@ -98,6 +100,7 @@ class PruneConfig:
     ridge: float = 1e-4
     seed: int = 0
     channels_last: bool = True
+    bn_scope: str = "all"
 
 
 @dataclass(frozen=True)
@@ -248,6 +251,7 @@ def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
 CRITERIA = ("l1", "l2", "apoz", "mean_activation", "taylor", "random")
 COSTS = ("macs", "flops", "params")
 BUDGET_RULES = ("clamp", "scale")
+BN_SCOPES = ("all", "reconstructed")
 ALGORITHMS = ("ddpg", "td3", "sac", "random")
 DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
 
@@ -304,7 +308,8 @@ _RULES: dict[type, dict[str, tuple]] = {
                   "bn_batches": (lambda x: _whole(x, 0), "a whole number >= 0"),
                   "points_per_image": (lambda x: _whole(x, 0), "a whole number >= 0"),
                   "ridge": (lambda x: _finite(x) and x >= 0, "a finite number >= 0"),
-                  "seed": (lambda x: _whole(x, 0), "a whole number >= 0")},
+                  "seed": (lambda x: _whole(x, 0), "a whole number >= 0"),
+                  "bn_scope": (lambda x: x in BN_SCOPES, " | ".join(BN_SCOPES))},
     EnvConfig: {"cost": (lambda x: x in COSTS, " | ".join(COSTS)), "target": _FRACTION,
                 "mode": (lambda x: x in ("constrained", "accuracy"), "constrained | accuracy"),
                 "lbound": _FRACTION, "rbound": _FRACTION, "round_to": (lambda x: _whole(x, 1), "a whole number >= 1"),

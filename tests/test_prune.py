@@ -160,6 +160,31 @@ def test_engine_needs_calibration_and_honours_recorded_indices():
         engine.select({g.name: 5}, recorded)
 
 
+def test_bn_scope_reconstructed_recalibrates_only_the_batchnorms_after_refitted_layers():
+    torch.manual_seed(0)
+    model = randomize_bn(build_model(ModelSpec("resnet8"))).eval()
+    graph = trace(model, (3, 32, 32))
+    calib = CalibrationSet(torch.randn(40, 3, 32, 32), batch_size=20)
+    inner = graph.prunable[0]  # a block's inner group: its consumer conv2 is refitted, bn2 follows it
+    keep = {inner.name: inner.channels // 2}
+    refitted = set(inner.consumers)
+    cfg = PruneConfig(channels_last=False, bn_scope="reconstructed")
+    engine = PruningEngine(model, graph, cfg, calib)
+    chosen = engine.batchnorms_to_recalibrate(engine.select(keep))
+    assert chosen and all(engine._bn_after[bn] in refitted for bn in chosen)
+    small = engine.prune_keep(keep).model
+    dense_bn = {n: m for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    for name, m in small.named_modules():
+        if isinstance(m, nn.BatchNorm2d) and m.running_mean.shape == dense_bn[name].running_mean.shape:
+            same = torch.equal(m.running_mean, dense_bn[name].running_mean)
+            assert same == (name not in chosen), name  # re-estimated exactly where chosen
+    everything = PruningEngine(model, graph, PruneConfig(channels_last=False), calib).prune_keep(keep).model
+    changed = [n for n, m in everything.named_modules() if isinstance(m, nn.BatchNorm2d)
+               and m.running_mean.shape == dense_bn[n].running_mean.shape
+               and not torch.equal(m.running_mean, dense_bn[n].running_mean)]
+    assert set(changed) > set(chosen)  # bn_scope="all" re-estimates more of them
+
+
 def test_channels_last_pruning_matches_contiguous():
     torch.manual_seed(0)
     model = randomize_bn(build_model(ModelSpec("resnet8"))).eval()

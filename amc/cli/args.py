@@ -53,6 +53,8 @@ FLAGS: tuple[Flag, ...] = (
          choices=("l1", "l2", "apoz", "mean_activation", "taylor", "random")),
     Flag("--reconstruct", "prune", "reconstruct", BOOL, "least-squares reconstruction of the consumers (default on)"),
     Flag("--bn-batches", "prune", "bn_batches", int, "calibration batches for BatchNorm recalibration (default 2; 0 = off)"),
+    Flag("--bn-scope", "prune", "bn_scope", str, "BatchNorms to recalibrate: all, or only those right after a layer "
+         "the least squares refitted (default all)", choices=("all", "reconstructed")),
     Flag("--points-per-image", "prune", "points_per_image", int, "sampled positions per image for least squares (default 10; 0 = all)"),
     Flag("--ridge", "prune", "ridge", float, "relative ridge term of the least squares (default 1e-4)"),
     Flag("--prune-seed", "prune", "seed", int, "seed of the random criterion and position sampling (default 0)"),

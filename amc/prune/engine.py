@@ -25,7 +25,7 @@ from ..selection import Selection, top_channels
 from ..structure import DependencyGraph, GroupName, Keep
 from .channel import ChannelPruner
 from .mask import MaskPruner
-from .recovery import reconstruct, recalibrate_batchnorm
+from .recovery import batchnorms_after, reconstruct, recalibrate_batchnorm
 
 
 def needs_calibration(cfg: PruneConfig) -> bool:
@@ -61,6 +61,8 @@ class PruningEngine:
             raise AmcError(f"unknown granularity '{cfg.granularity}' (choose channel or weight)")
         if cfg.bn_batches < 0 or cfg.points_per_image < 0 or not cfg.ridge >= 0:
             raise AmcError(f"bn_batches, points_per_image and ridge must be >= 0, got {cfg}")
+        if cfg.bn_scope not in ("all", "reconstructed"):
+            raise AmcError(f"unknown bn_scope '{cfg.bn_scope}' (choose all or reconstructed)")
         self.model, self.graph, self.cfg = model.eval(), graph, cfg
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.criterion = criterion(cfg.criterion)
@@ -75,6 +77,7 @@ class PruningEngine:
         self.pruner = ChannelPruner(graph) if cfg.granularity == "channel" else MaskPruner(graph)
         self._stats: CalibrationStats | None = None
         self._scores: dict[GroupName, torch.Tensor] = {}
+        self._bn_after: dict[str, str] | None = None
         self.setup_seconds = 0.0
 
     @property
@@ -86,6 +89,15 @@ class PruningEngine:
                                         points_per_image=self.cfg.points_per_image, seed=self.cfg.seed)
             self.setup_seconds += time.perf_counter() - start
         return self._stats
+
+    def batchnorms_to_recalibrate(self, selection: Selection) -> list[str] | None:
+        """None (all) for ``bn_scope="all"``; else the BatchNorms right after the layers least squares refits."""
+        if self.cfg.bn_scope == "all" or not self.reconstructs:
+            return None
+        if self._bn_after is None:
+            self._bn_after = batchnorms_after(self.model, self.calibration.images[:1])
+        refitted = {c for name in selection.kept for c in self.graph.group[name].consumers}
+        return [bn for bn, producer in self._bn_after.items() if producer in refitted]
 
     def scores(self, group: GroupName) -> torch.Tensor:
         """The criterion's score of each channel of ``group`` (cached)."""
@@ -130,7 +142,8 @@ class PruningEngine:
         timings["reconstruct"] = time.perf_counter() - start
         start = time.perf_counter()
         if self.cfg.bn_batches > 0 and (selection.kept or selection.masks):
-            recalibrate_batchnorm(small, (x for x, _ in self.calibration.batches(self.cfg.bn_batches)))
+            recalibrate_batchnorm(small, (x for x, _ in self.calibration.batches(self.cfg.bn_batches)),
+                                  self.batchnorms_to_recalibrate(selection))
         timings["bn_recalibration"] = time.perf_counter() - start
         return PruneResult(small.eval(), selection, timings)
 

@@ -70,12 +70,35 @@ def reconstruct(small: nn.Module, dense_modules: Mapping[str, nn.Module], graph:
             modules[name].weight.copy_(weight.index_select(0, out_idx.to(weight.device)))
 
 
-def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+def batchnorms_after(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
+    """BatchNorm name -> name of the conv/linear whose output it normalises directly (one forward of ``example``)."""
+    producers: dict[int, str] = {}
+    found: dict[str, str] = {}
+    hooks = []
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            hooks.append(m.register_forward_hook(lambda mod, i, o, name=name: producers.__setitem__(id(o), name)))
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            hooks.append(m.register_forward_pre_hook(
+                lambda mod, i, name=name: found.__setitem__(name, producers[id(i[0])]) if id(i[0]) in producers else None))
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return found
+
+
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], only: Iterable[str] | None = None) -> int:
     """Re-estimate BatchNorm running statistics on ``batches`` (cumulative average); returns batches used.
 
-    Only BatchNorm layers switch to training mode; weights are not touched.
+    Only BatchNorm layers switch to training mode; weights are not touched. ``only``: names of the
+    BatchNorms to re-estimate (default: all); the others keep their statistics.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    names = None if only is None else set(only)
+    bns = [m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+           and (names is None or n in names)]
     if not bns:
         return 0
     saved = [(m.momentum, m.training) for m in bns]
