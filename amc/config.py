@@ -132,7 +132,7 @@ class EnvConfig:
 class AgentConfig:
     """The searching agent (AMC paper / official code values for DDPG).
 
-    algorithm: ``ddpg`` | ``td3`` | ``sac`` | ``random``. hidden: sizes of the actor's and critic's
+    algorithm: ``ddpg`` | ``td3`` | ``sac`` | ``random`` | ``tpe`` (Optuna's TPE, a black-box baseline). hidden: sizes of the actor's and critic's
     hidden layers. actor_lr / critic_lr: Adam learning rates. tau: soft target update. batch_size:
     replay minibatch. gamma: discount. buffer_per_group: replay capacity in episodes (capacity =
     this x number of groups transitions). warmup_episodes: episodes of uniform random actions
@@ -252,7 +252,7 @@ CRITERIA = ("l1", "l2", "apoz", "mean_activation", "taylor", "random")
 COSTS = ("macs", "flops", "params")
 BUDGET_RULES = ("clamp", "scale")
 BN_SCOPES = ("all", "reconstructed")
-ALGORITHMS = ("ddpg", "td3", "sac", "random")
+ALGORITHMS = ("ddpg", "td3", "sac", "random", "tpe")
 DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
 
 

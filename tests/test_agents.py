@@ -96,3 +96,20 @@ def test_resume_refuses_changed_settings_and_continues(tmp_path, task):
     assert store.episodes().episode.tolist() == [1, 2, 3, 4, 5] and store.config().episodes == 5
     with pytest.raises(AmcError, match="more than --episodes 4"):
         run_search(SearchConfig(agent=cfg.agent, episodes=4, seed=2), tmp_path, resume=True, task=task)
+
+
+def test_tpe_searcher_resumes_exactly_and_starts_with_random_trials(tmp_path, task):
+    cfg = SearchConfig(agent=AgentConfig(algorithm="tpe", warmup_episodes=3), episodes=7, seed=1)
+    run_search(cfg, tmp_path / "straight", task=task)
+    straight = RunStore(tmp_path / "straight").episodes()
+    assert straight.phase.tolist() == ["random"] * 3 + ["tpe"] * 4
+    assert (straight.macs_ratio <= 0.5 + 1e-9).all()
+    run_search(SearchConfig(agent=cfg.agent, episodes=4, seed=1), tmp_path / "split", task=task)
+    run_search(cfg, tmp_path / "split", resume=True, task=task)
+    split = RunStore(tmp_path / "split").episodes()
+    ratios = [c for c in straight.columns if c.startswith("ratio:")]
+    assert split[ratios].values.tolist() == straight[ratios].values.tolist()  # the study (sampler too) was restored
+    assert split.reward.tolist() == straight.reward.tolist()
+    other = RunStore(tmp_path / "straight").episodes()
+    run_search(SearchConfig(agent=cfg.agent, episodes=7, seed=2), tmp_path / "seed2", task=task)
+    assert RunStore(tmp_path / "seed2").episodes()[ratios].values.tolist() != other[ratios].values.tolist()  # seeded

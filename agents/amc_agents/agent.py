@@ -1,4 +1,4 @@
-"""Agents that search: SB3's DDPG/TD3/SAC configured as AMC, and random search, behind one interface.
+"""Agents that search: SB3's DDPG/TD3/SAC configured as AMC, random search and Optuna's TPE, behind one interface.
 
 An agent runs episodes on a :class:`~amc_envs.ChannelPruningEnv` and reports each finished one;
 the :class:`~amc_agents.search.SearchRunner` decides what to do with it (files, top-k, resume).
@@ -14,6 +14,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from amc.config import AgentConfig
 from amc_envs import ChannelPruningEnv, EpisodeResult
 
+from .blackbox import TPEAgent
 from .ddpg import agent_state, load_agent_state, make_sb3_agent
 from .noise import TruncatedNormalNoise
 
@@ -115,5 +116,9 @@ class _EpisodeCallback(BaseCallback):
 
 
 def make_agent(cfg: AgentConfig, env: ChannelPruningEnv, seed: int, device: str = "cpu") -> Agent:
-    """The agent named by ``cfg.algorithm`` (``ddpg`` | ``td3`` | ``sac`` | ``random``)."""
-    return RandomAgent(seed) if cfg.algorithm == "random" else SB3Agent(env, cfg, seed, device)
+    """The agent named by ``cfg.algorithm`` (``ddpg`` | ``td3`` | ``sac`` | ``random`` | ``tpe``)."""
+    if cfg.algorithm == "random":
+        return RandomAgent(seed)
+    if cfg.algorithm == "tpe":
+        return TPEAgent(len(env.groups), seed, startup=min(10, cfg.warmup_episodes))
+    return SB3Agent(env, cfg, seed, device)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,7 +18,7 @@ from typing import Callable
 import torch
 
 from amc.config import SearchConfig, differences, replace, validate
-from amc.errors import AmcError
+from amc.errors import AmcError, AmcWarning
 from amc.policy import Policy
 from amc_envs import ChannelPruningEnv, EpisodeResult, PruningTask, open_task
 
@@ -162,13 +163,17 @@ def run_search(cfg: SearchConfig, folder: str | Path, *, resume: bool = False, p
     """
     validate(cfg)
     if not resume:  # check the inputs (and that the budget is reachable) before the run folder is created
-        if cfg.agent.algorithm != "random" and cfg.episodes <= cfg.agent.warmup_episodes:
+        if cfg.agent.algorithm in ("ddpg", "td3", "sac") and cfg.episodes <= cfg.agent.warmup_episodes:
             raise AmcError(f"with {cfg.episodes} episodes and {cfg.agent.warmup_episodes} warm-up episodes the "
                            f"{cfg.agent.algorithm} agent would never learn (a random search): lower "
                            f"--warmup-episodes (e.g. {max(1, cfg.episodes // 4)}) or use --agent random")
         RunStore.check_new(folder)
+        untrained = task is None and not cfg.model.checkpoint and not (cfg.model.name or "").startswith("torchvision:")
         task = task or _open_task(cfg)
         ChannelPruningEnv(task, cfg.env)
+        if untrained:
+            warnings.warn(f"no checkpoint: {cfg.model.name or 'the model'} has random weights, so the search split's "
+                          "accuracy (the reward) says nothing about how a trained model prunes", AmcWarning, stacklevel=2)
     store = RunStore.open(folder) if resume else RunStore.create(folder, cfg)
     try:
         if resume:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
-from ..errors import AmcError
+from ..errors import AmcError, AmcWarning
 from . import apply, demo, evaluate, inspect, prune, report, search, sensitivity, train, uniform
 
 COMMANDS = (train, evaluate, inspect, uniform, search, apply, prune, sensitivity, report, demo)
@@ -32,6 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our warnings as one line (others as Python shows them)."""
+    if issubclass(category, AmcWarning):
+        print(f"amc: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -39,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", AmcWarning)
+            warnings.showwarning = _show_warning
+            return args.func(args)
     except AmcError as exc:
         print(f"amc: error: {exc}", file=sys.stderr)
         return 2

@@ -73,7 +73,8 @@ FLAGS: tuple[Flag, ...] = (
          "may be starved); scale: one common factor on the episode's actions meets the budget (default clamp)",
          choices=("clamp", "scale")),
     # agent
-    Flag("--agent", "agent", "algorithm", str, "searching agent (default ddpg)", choices=("ddpg", "td3", "sac", "random")),
+    Flag("--agent", "agent", "algorithm", str, "searching agent (default ddpg; tpe: Optuna's TPE black-box "
+         "optimiser over the per-group actions)", choices=("ddpg", "td3", "sac", "random", "tpe")),
     Flag("--hidden", "agent", "hidden", int, "hidden layer sizes of actor and critic (default 300 300)", nargs="+"),
     Flag("--actor-lr", "agent", "actor_lr", float, "actor learning rate (default 1e-4)"),
     Flag("--critic-lr", "agent", "critic_lr", float, "critic learning rate (default 1e-3)"),
