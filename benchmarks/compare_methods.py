@@ -1,17 +1,23 @@
-"""Summarise the runs of ``benchmarks/method_comparison.sh``: uniform vs random search vs DDPG.
+"""Summarise the runs of ``benchmarks/method_comparison.sh``: uniform vs every searcher (DDPG, TD3, SAC, random, TPE).
 
-For the run folders ``results/benchmarks/NAME/{ddpg,random}-seed*`` this
+For the run folders ``results/benchmarks/NAME/METHOD-seed*`` (METHOD: the agent, with ``_RULE`` when the
+budget rule was set) this
 
 - reads each run's best search-split reward, its best-so-far curve, MACs ratio and wall time;
 - rebuilds, with the library's :func:`amc.apply_policy` and the policy's recorded recovery settings and
   calibration images, the model each run's best policy was scored as, and the model of the uniform
   policy scored in the runs (``uniform_policy.json``), and records their test top-1 **without fine-tuning**;
-- with ``--finetune-epochs N``, fine-tunes the policy with the best search reward (over methods and
-  seeds) and the uniform policy for the same number of epochs (:func:`amc.training.train`);
+- counts the episodes each run needed for its best-so-far search-split top-1 to beat the uniform
+  policy's by 2 points;
+- with ``--finetune-epochs N``, fine-tunes for the same number of epochs (:func:`amc.training.train`)
+  each method's best policy (``--finetune best``: the seed with the best search reward; ``all``:
+  every seed), the uniform policy and the dense model;
 - writes ``runs.csv`` (tidy, one row per run), ``summary.csv``, ``table.md``, ``comparison.png`` and
-  ``record.json`` (machine, versions, command) into ``results/benchmarks/NAME/``.
+  ``record.json`` (machine, versions, command) into ``results/benchmarks/NAME/``, and NAME's entry of
+  ``results/benchmarks/search-quality.json`` (per method: per-seed test top-1 without and with
+  fine-tuning, search-split score, episodes).
 
-    python benchmarks/compare_methods.py NAME --checkpoint CKPT --data-dir DIR [--finetune-epochs 1]
+    python benchmarks/compare_methods.py NAME --checkpoint CKPT --data-dir DIR [--finetune-epochs 1 --finetune best]
 """
 from __future__ import annotations
 
@@ -76,6 +82,22 @@ class Evaluator:
         return out
 
 
+    def finetune_dense(self, policy_path: Path, epochs: int, out: Path) -> float:
+        """Test top-1 of the dense model fine-tuned ``epochs`` epochs like the pruned ones (a copy; the original stays)."""
+        import copy
+        policy = Policy.load(policy_path)
+        model = copy.deepcopy(self.model)
+        train(model, self.spec, self.splits(policy)["train"], self.splits(policy)["test"],
+              normalization(self.data(policy)), TrainConfig(epochs=epochs, lr=FINETUNE_LR), out)
+        return self.test_top1(model, policy)
+
+
+def episodes_to_beat(episodes: pd.DataFrame, uniform_top1: float, margin: float = 0.02) -> float:
+    """First episode whose best-so-far search top-1 is at least ``margin`` above the uniform policy's (nan: never)."""
+    hit = episodes.index[episodes.top1.cummax() >= uniform_top1 + margin - 1e-12]
+    return float(episodes.episode[hit[0]]) if len(hit) else float("nan")
+
+
 def run_rows(folder: Path, evaluator: Evaluator) -> list[dict]:
     rows = []
     for run in sorted(folder.glob("*-seed*")):
@@ -87,15 +109,17 @@ def run_rows(folder: Path, evaluator: Evaluator) -> list[dict]:
         best = episodes.loc[episodes.reward.idxmax()]
         uniform = store.baselines()["uniform"]
         rows.append({"method": method, "seed": int(seed), "episodes": len(episodes),
+                     "episodes_to_beat_uniform_by_2pts": episodes_to_beat(episodes, uniform["top1"]),
                      "search_reward": float(best.reward), "search_top1": float(best.top1),
                      "best_episode": int(best.episode), "wall_s": float(episodes.elapsed_s.iloc[-1]),
                      "uniform_search_reward": uniform["reward"], **evaluator.apply(run / "best_policy.json")})
     return rows
 
 
-def plot_best_reward(ax, folder: Path, uniform_reward: float) -> None:
+def plot_best_reward(ax, folder: Path, uniform_reward: float, methods: list[str]) -> None:
     """Best-so-far search reward against episodes: mean over seeds (line) and range (band) per method."""
-    for color, method in (("C0", "ddpg"), ("C2", "random")):
+    for i, method in enumerate(methods):
+        color = f"C{i if i < 3 else i + 1}"  # C3 is the uniform line
         curves = [pd.read_csv(r / "episodes.csv").set_index("episode").reward.cummax()
                   for r in sorted(folder.glob(f"{method}-seed*")) if (r / "episodes.csv").is_file()]
         if not curves:
@@ -124,21 +148,48 @@ def plot_test_accuracy(ax, summary: pd.DataFrame) -> None:
 
 
 def markdown_table(summary: pd.DataFrame) -> str:
-    """Method x (search reward, test top-1 before/after fine-tuning, FLOPs ratio, episodes, wall time)."""
+    """Method x (search reward, test top-1 before/after fine-tuning, episodes to beat uniform, MACs, wall time)."""
     def pm(mean, std, scale=1.0, digits=4):
         return f"{mean * scale:.{digits}f}" + ("" if pd.isna(std) else f" ± {std * scale:.{digits}f}")
 
     lines = ["| method | runs | episodes per run | search reward (−error), mean ± std | test top-1 % no fine-tune, "
-             "mean ± std | test top-1 % fine-tuned (best policy) | MACs ratio (measured, max) | wall time per run (s) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "mean ± std | test top-1 % fine-tuned | episodes to beat uniform by 2 pts (median) | "
+             "MACs ratio (measured, max) | wall time per run (s) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for _, r in summary.iterrows():
         tuned = r.get("test_top1_finetuned")
-        tuned = "–" if tuned is None or pd.isna(tuned) else f"{tuned * 100:.2f}"
+        if tuned is None or pd.isna(tuned):
+            tuned = "–"
+        else:
+            tuned = pm(tuned, r.get("test_top1_finetuned_std"), 100, 2) + f" ({int(r.finetuned_runs)} run(s))"
         wall = "–" if pd.isna(r.wall_s) else f"{r.wall_s:.0f}"
+        beat = "–" if pd.isna(r.get("episodes_to_beat_uniform")) else f"{r.episodes_to_beat_uniform:.0f}"
         std = r.search_reward_std if r.method != "uniform" else r.search_reward_std_uniform
         lines.append(f"| {r.method} | {r.runs} | {r.episodes} | {pm(r.search_reward_mean, std)} | "
-                     f"{pm(r.test_top1_mean, r.test_top1_std, 100, 2)} | {tuned} | {r.macs_ratio:.4f} | {wall} |")
+                     f"{pm(r.test_top1_mean, r.test_top1_std, 100, 2)} | {tuned} | {beat} | {r.macs_ratio:.4f} | {wall} |")
+    if "dense_finetuned" in summary:
+        lines += ["", f"Dense model fine-tuned for the same epochs: {summary.dense_finetuned.iloc[0] * 100:.2f}% test top-1."]
     return "\n".join(lines) + "\n"
+
+
+def write_quality_json(path: Path, name: str, model: str, runs: pd.DataFrame, record: dict) -> None:
+    """NAME's entry of the machine-readable summary (other entries are kept)."""
+    data = json.loads(path.read_text()) if path.is_file() else {}
+
+    def num(v):
+        return None if v is None or pd.isna(v) else float(v)
+
+    methods = {}
+    for method, part in runs.groupby("method", sort=False):
+        methods[method] = {"seeds": [int(x) for x in part.seed],
+                           "test_top1_no_finetune": [num(x) for x in part.test_top1],
+                           "test_top1_finetuned": [num(x) for x in part.get("test_top1_finetuned", [None] * len(part))],
+                           "search_score_reward": [num(x) for x in part.get("search_reward", [None] * len(part))],
+                           "search_top1": [num(x) for x in part.get("search_top1", [None] * len(part))],
+                           "episodes": [int(x) for x in part.episodes]}
+    data[name] = {"model": model, "target_macs": 0.5, "methods": methods, "command": record["command"],
+                  "finetune": record["finetune"], "when": record["when"]}
+    atomic_write_text(json.dumps(data, indent=1) + "\n", path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", required=True, help="the dense model the searches pruned")
     p.add_argument("--data-dir", required=True)
     p.add_argument("--finetune-epochs", type=int, default=0)
+    p.add_argument("--finetune", choices=("best", "all"), default="best",
+                   help="fine-tune each method's best-search-reward seed, or every seed")
     args = p.parse_args(argv)
     folder = ROOT / "results" / "benchmarks" / args.name
     started = time.time()
@@ -162,23 +215,32 @@ def main(argv: list[str] | None = None) -> int:
         runs=("seed", "size"), episodes=("episodes", "max"), search_reward_mean=("search_reward", "mean"),
         search_reward_std=("search_reward", "std"), test_top1_mean=("test_top1", "mean"),
         test_top1_std=("test_top1", "std"), test_top1_min=("test_top1", "min"), test_top1_max=("test_top1", "max"),
-        macs_ratio=("macs_ratio_measured", "max"), wall_s=("wall_s", "mean")).reset_index()
+        macs_ratio=("macs_ratio_measured", "max"), wall_s=("wall_s", "mean"),
+        episodes_to_beat_uniform=("episodes_to_beat_uniform_by_2pts", "median")).reset_index()
     summary["search_reward_std_uniform"] = runs.uniform_search_reward.std()
-    if args.finetune_epochs > 0:  # the best searched policy (any method, any seed) and the uniform one
-        best = runs[runs.method != "uniform"].sort_values("search_reward", ascending=False).iloc[0]
-        run = folder / f"{best.method}-seed{best.seed}"
-        models = folder / "models"
-        tuned = {best.method: evaluator.apply(run / "best_policy.json", args.finetune_epochs,
-                                              models / f"{run.name}-ft{args.finetune_epochs}")}
-        tuned[best.method]["seed"] = int(best.seed)
-        tuned["uniform"] = evaluator.apply(first, args.finetune_epochs, models / f"uniform-ft{args.finetune_epochs}")
-        summary["test_top1_finetuned"] = summary.method.map(lambda m: tuned.get(m, {}).get("test_top1_finetuned"))
-        summary["finetuned_seed"] = summary.method.map(lambda m: tuned.get(m, {}).get("seed"))
+    if args.finetune_epochs > 0:
+        models, epochs = folder / "models", args.finetune_epochs
+        searched = runs[runs.method != "uniform"].sort_values("search_reward", ascending=False)
+        chosen = searched if args.finetune == "all" else searched.groupby("method", sort=False).head(1)
+        for i, r in chosen.iterrows():
+            name = f"{r.method}-seed{r.seed}"
+            runs.loc[i, "test_top1_finetuned"] = evaluator.apply(folder / name / "best_policy.json", epochs,
+                                                                 models / f"{name}-ft{epochs}")["test_top1_finetuned"]
+        runs.loc[runs.method == "uniform", "test_top1_finetuned"] = evaluator.apply(
+            first, epochs, models / f"uniform-ft{epochs}")["test_top1_finetuned"]
+        dense = {"method": "dense", "seed": -1, "episodes": 0, "test_top1": uniform["dense_test_top1"],
+                 "test_top1_finetuned": evaluator.finetune_dense(first, epochs, models / f"dense-ft{epochs}")}
+        runs = pd.concat([runs, pd.DataFrame([dense])], ignore_index=True)
+        tuned = runs.groupby("method", sort=False).test_top1_finetuned.agg(["mean", "std", "count"])
+        summary["test_top1_finetuned"] = summary.method.map(tuned["mean"])
+        summary["test_top1_finetuned_std"] = summary.method.map(tuned["std"])
+        summary["finetuned_runs"] = summary.method.map(tuned["count"])
+        summary["dense_finetuned"] = dense["test_top1_finetuned"]
     runs.to_csv(folder / "runs.csv", index=False)
     summary.to_csv(folder / "summary.csv", index=False)
     atomic_write_text(markdown_table(summary), folder / "table.md")
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    plot_best_reward(axes[0], folder, float(uniform["search_reward"]))
+    plot_best_reward(axes[0], folder, float(uniform["search_reward"]), [m for m in summary.method if m != "uniform"])
     plot_test_accuracy(axes[1], summary)
     model = Policy.load(first).model["name"]
     fig.suptitle(f"{model}, 50% MACs target, JPEG CIFAR-10 (search split 2,000 held-out train images; test 10,000)")
@@ -192,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
               "test_models": "amc.apply_policy with each policy's recorded recovery settings and calibration images",
               "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write_text(json.dumps(record, indent=2) + "\n", folder / "record.json")
+    write_quality_json(ROOT / "results" / "benchmarks" / "search-quality.json", args.name, model, runs, record)
     print(summary.to_string(index=False))
     return 0
 
