@@ -19,6 +19,8 @@ counts: the reachable floor, AMC's clamp (:meth:`Budget.max_count`) and the unif
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
@@ -27,6 +29,7 @@ from torch import nn
 from .errors import AmcError
 from .ratios import allowed_counts, channels_for_ratio
 from .structure import DependencyGraph, GroupName, Keep, Layer
+from .unstructured import prunable_layers
 
 
 @runtime_checkable
@@ -145,7 +148,45 @@ def check_costs(graph: DependencyGraph, keep: Keep, model: nn.Module, costs: Seq
     return out
 
 
-class Budget:
+class BudgetRules:
+    """The episode-level budget mapping shared by :class:`Budget` (channels) and :class:`WeightBudget`
+    (weights). Needs ``groups`` (with ``.name``), ``target``, ``lbound``, ``rbound``,
+    ``count_for(name, ratio)`` and ``ratio(keep)``."""
+
+    def scaled(self, ratios: Mapping[GroupName, float], steps: int = 40) -> tuple[float, dict[GroupName, int]]:
+        """The budget-aware mapping: the policy's *shape* is kept and its *scale* meets the budget.
+
+        ``ratios``: a preserve ratio per group (absent groups: 1). Returns ``(alpha, keep)`` with
+        ``keep[g] = count_for(g, alpha * ratios[g])`` for the largest ``alpha >= 0`` (found by
+        bisection) whose cost is at most ``target`` x dense: every group shrinks (or grows) by the same
+        factor, so no group is starved because it comes late, and the budget is spent, not wasted.
+        """
+        shape = {g.name: max(float(ratios.get(g.name, 1.0)), 1e-6) for g in self.groups}
+
+        def keep_at(alpha: float) -> dict[GroupName, int]:
+            return {name: self.count_for(name, alpha * r) for name, r in shape.items()}
+
+        lo, hi = 0.0, self.rbound / min(shape.values())  # alpha = 0: every group at lbound (reachable)
+        if self.ratio(keep_at(hi)) <= self.target:
+            return hi, keep_at(hi)
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            if self.ratio(keep_at(mid)) <= self.target:
+                lo = mid
+            else:
+                hi = mid
+        return lo, keep_at(lo)
+
+    def uniform(self, steps: int = 40) -> tuple[float, dict[GroupName, int]]:
+        """The largest preserve ratio, the same for every group, whose cost is <= target x dense (bisection).
+
+        Returns (ratio, keep).
+        """
+        ratio, keep = self.scaled({}, steps)
+        return max(ratio, self.lbound), keep
+
+
+class Budget(BudgetRules):
     """The budget rule: which channel counts keep a model's cost at most ``target`` x dense.
 
     Arguments:
@@ -213,40 +254,82 @@ class Budget:
                 hi = mid - 1
         return counts[lo]
 
-    def scaled(self, ratios: Mapping[GroupName, float], steps: int = 40) -> tuple[float, dict[GroupName, int]]:
-        """The budget-aware mapping: the policy's *shape* is kept and its *scale* meets the budget.
+    @property
+    def cost_name(self) -> str:
+        """What the target limits: ``macs`` or ``params``."""
+        return self.cost.name
 
-        ``ratios``: a preserve ratio per group (absent groups: 1). Returns ``(alpha, keep)`` with
-        ``keep[g] = count_for(g, alpha * ratios[g])`` for the largest ``alpha >= 0`` (found by
-        bisection) whose cost is at most ``target`` x dense: every group shrinks (or grows) by the same
-        factor, so no group is starved because it comes late, and the budget is spent, not wasted.
-        """
-        shape = {g.name: max(float(ratios.get(g.name, 1.0)), 1e-6) for g in self.groups}
-
-        def keep_at(alpha: float) -> dict[GroupName, int]:
-            return {name: self.count_for(name, alpha * r) for name, r in shape.items()}
-
-        lo, hi = 0.0, self.rbound / min(shape.values())  # alpha = 0: every group at lbound (reachable)
-        if self.ratio(keep_at(hi)) <= self.target:
-            return hi, keep_at(hi)
-        for _ in range(steps):
-            mid = (lo + hi) / 2
-            if self.ratio(keep_at(mid)) <= self.target:
-                lo = mid
-            else:
-                hi = mid
-        return lo, keep_at(lo)
-
-    def uniform(self, steps: int = 40) -> tuple[float, dict[GroupName, int]]:
-        """The largest preserve ratio, the same for every group, whose cost is <= target x dense (bisection).
-
-        Returns (ratio, keep).
-        """
-        ratio, keep = self.scaled({}, steps)
-        return max(ratio, self.lbound), keep
+    def size(self, group: GroupName) -> int:
+        """Channels of ``group`` (what a preserve ratio is a fraction of)."""
+        return self.graph.group[group].channels
 
     def contribution(self, group: GroupName, keep: Keep | None = None) -> float:
         """Part of the cost (fraction of dense) that scales with ``group``: the cost removed by emptying it."""
         keep = dict(keep or {})
         return (self.cost.cost(self.graph, keep) - self.cost.cost(self.graph, {**keep, group: 0})) / self.dense
 
+
+
+@dataclass(frozen=True)
+class WeightLayer:
+    """A conv/linear layer whose weights are pruned one by one: ``size`` = its weight elements."""
+
+    name: str
+    size: int
+
+
+class WeightBudget(BudgetRules):
+    """The budget rule for unstructured pruning: kept weight counts per prunable conv/linear layer.
+
+    Cost = parameters that remain non-zero: every parameter outside the pruned weights (biases,
+    BatchNorm, ``keep_dense`` layers) plus the kept weights. ``target``: fraction of the dense
+    parameters that may remain, in (0, 1]; ``lbound`` / ``rbound``: smallest / largest fraction of a
+    layer's weights kept (preserve ratio = 1 - sparsity). Counts are whole weights, at least one.
+    Raises :class:`AmcError` when the target cannot be met with every layer at ``lbound``.
+    """
+
+    cost_name = "params"
+
+    def __init__(self, model: nn.Module, target: float, *, lbound: float = 0.2, rbound: float = 1.0,
+                 keep_dense: Sequence[str] = ()):
+        if not 0 < target <= 1:
+            raise AmcError(f"target must be a fraction of the dense parameters in (0, 1], got {target}")
+        if not 0 < lbound <= rbound <= 1:
+            raise AmcError(f"preserve-ratio bounds must satisfy 0 < lbound <= rbound <= 1, got {lbound}, {rbound}")
+        self.target, self.lbound, self.rbound = target, lbound, rbound
+        self.groups = [WeightLayer(n, m.weight.numel()) for n, m in prunable_layers(model, keep_dense).items()]
+        if not self.groups:
+            raise AmcError("the model has no prunable conv or linear layers")
+        self._size = {g.name: g.size for g in self.groups}
+        self.dense = float(params(model))
+        self.fixed = self.dense - sum(self._size.values())
+        self.lowest = {g.name: self.count_for(g.name, lbound) for g in self.groups}
+        self.floor = self.ratio(self.lowest)
+        if self.floor > target + 1e-12:
+            raise AmcError(f"params target {target:.3f} is unreachable: with every prunable layer at the lower bound "
+                           f"{lbound} the model keeps {self.floor:.3f} of its parameters (smallest reachable target: "
+                           f"{self.floor:.3f}; lower --lbound)")
+
+    def size(self, layer: str) -> int:
+        return self._size[layer]
+
+    def count_for(self, layer: str, ratio: float) -> int:
+        """Kept weights of ``layer`` nearest to ``ratio`` x its size, ratio clipped to [lbound, rbound]."""
+        n = self._size[layer]
+        ratio = min(max(ratio, self.lbound), self.rbound)
+        return min(max(round(ratio * n), math.ceil(self.lbound * n - 1e-9), 1), max(1, math.floor(self.rbound * n + 1e-9)))
+
+    def ratio(self, keep: Keep) -> float:
+        """Parameters left by ``keep`` (absent layers: dense) as a fraction of the dense parameters."""
+        return (self.fixed + sum(keep.get(n, s) for n, s in self._size.items())) / self.dense
+
+    def max_count(self, layer: str, decided: Keep) -> int:
+        """AMC's clamp: the most weights ``layer`` may keep so that every later layer at ``lbound`` still fits."""
+        others = {**self.lowest, **decided}
+        room = self.target * self.dense - self.fixed - sum(v for n, v in others.items() if n != layer)
+        upper = self.count_for(layer, self.rbound)
+        return int(min(upper, max(self.lowest[layer], math.floor(room + 1e-6))))
+
+    def contribution(self, layer: str, keep: Keep | None = None) -> float:
+        """Part of the parameters (fraction of dense) that scales with ``layer``."""
+        return (keep or {}).get(layer, self._size[layer]) / self.dense

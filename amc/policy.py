@@ -128,17 +128,20 @@ class Policy:
     @classmethod
     def for_weights(cls, sparsities: Mapping[str, float], *, model: dict, input_shape: list[int] | tuple[int, ...],
                     graph: DependencyGraph | None = None, cost: dict | None = None, data: DataConfig | None = None,
-                    metrics: dict | None = None, seed: int | None = None) -> "Policy":
+                    metrics: dict | None = None, seed: int | None = None,
+                    prune: PruneConfig = PruneConfig(granularity="weight"),
+                    calibration: CalibrationConfig = CalibrationConfig()) -> "Policy":
         """A weight policy: ``sparsities`` maps layer names to fractions of weights removed, in [0, 1).
 
-        ``graph``: the model's structure, recorded as the fingerprint when given.
+        ``graph``: the model's structure, recorded as the fingerprint when given. Sparsities are
+        stored unrounded (JSON keeps a float exactly), so ``round(sparsity * size)`` gives back the
+        exact number of weights removed in every layer.
         """
-        layers = [LayerDecision(str(name), round(float(s), 6)) for name, s in sparsities.items()]
+        layers = [LayerDecision(str(name), float(s)) for name, s in sparsities.items()]
         for d in layers:
             _check_layer(d, "weight policy")
         return cls(model, list(input_shape), fingerprint(graph) if graph is not None else {}, [],
-                   PruneConfig(granularity="weight"), CalibrationConfig(), data, cost or {}, metrics or {},
-                   provenance(seed), "weight", layers)
+                   prune, calibration, data, cost or {}, metrics or {}, provenance(seed), "weight", layers)
 
     # ------------------------------------------------------------ files
     def to_dict(self) -> dict:

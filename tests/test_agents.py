@@ -113,3 +113,23 @@ def test_tpe_searcher_resumes_exactly_and_starts_with_random_trials(tmp_path, ta
     other = RunStore(tmp_path / "straight").episodes()
     run_search(SearchConfig(agent=cfg.agent, episodes=7, seed=2), tmp_path / "seed2", task=task)
     assert RunStore(tmp_path / "seed2").episodes()[ratios].values.tolist() != other[ratios].values.tolist()  # seeded
+
+
+def test_weight_search_policy_rebuilds_the_scored_model_with_prune_unstructured(tmp_path):
+    from amc.config import PruneConfig
+    from amc.policy import Policy
+    from amc.unstructured import prune_unstructured
+
+    task = PruningTask.tiny(seed=0, granularity="weight")
+    cfg = SearchConfig(prune=PruneConfig(granularity="weight"), env=EnvConfig(cost="params", target=0.3, lbound=0.05),
+                       agent=AgentConfig(algorithm="random"), episodes=4, seed=3)
+    best, store = run_search(cfg, tmp_path, task=task)
+    assert (store.episodes().params_ratio <= 0.3 + 1e-9).all()
+    policy = Policy.load(tmp_path / "best_policy.json")
+    assert policy.granularity == "weight" and policy.prune.bn_batches == 0 and not policy.prune.reconstruct
+    rebuilt = prune_unstructured(task.model, sparsities=policy.sparsities)
+    assert task.score(rebuilt)["top1"] == policy.metrics["top1"] == best.result.metrics["top1"]
+    write_report(tmp_path)
+    assert (tmp_path / "accuracy_vs_params.png").is_file() and "params ratio" in (tmp_path / "summary.md").read_text()
+    with pytest.raises(AmcError, match="give --cost params"):
+        run_search(SearchConfig(prune=PruneConfig(granularity="weight"), episodes=2), tmp_path / "macs", task=task)

@@ -14,6 +14,7 @@ from amc.cost import Budget
 from amc.errors import AmcError
 from amc.models import ModelSpec, build_model
 from amc.structure import trace
+from amc.unstructured import prune_unstructured
 from amc_envs import ChannelPruningEnv, PruningTask
 from amc_envs.observation import FEATURES, Observer
 from amc.data import synthetic_images
@@ -143,3 +144,52 @@ def test_reward_formulas(task):
     assert result.cost_ratio["macs"] < 0.5  # no clamp needed: lbound everywhere
     dense = accuracy.budget.dense
     assert reward == pytest.approx(-(1 - result.metrics["top1"]) * math.log(result.cost_ratio["macs"] * dense))
+
+
+# ---------------------------------------------------------------- fine-grained (weight) environment
+@pytest.fixture(scope="module")
+def weight_task():
+    return PruningTask.tiny(seed=0, granularity="weight")
+
+
+def test_weight_env_passes_checkers_and_executes_exact_weight_counts(weight_task):
+    cfg = EnvConfig(cost="params", target=0.4, lbound=0.05)
+    env = amc_envs.WeightPruningEnv(weight_task, cfg)
+    check_env(env, skip_render_check=True)
+    sb3_check_env(env, warn=False)
+    assert isinstance(gym.make(amc_envs.WEIGHT_ENV_ID, task=weight_task, cfg=cfg).unwrapped, amc_envs.WeightPruningEnv)
+    actions = [0.9, 0.1] * len(env.groups)
+    reward, terminated, _, info = run_episode(env, actions[:len(env.groups)])
+    result = info["result"]
+    sizes = {g.name: g.size for g in env.groups}
+    zeros = {}
+    masked = prune_unstructured(weight_task.model, sparsities={n: 1 - k / sizes[n] for n, k in result.keep.items()})
+    for name, m in masked.named_modules():
+        if name in sizes:
+            zeros[name] = int((m.weight == 0).sum())
+    assert all(sizes[n] - zeros[n] == result.keep[n] for n in sizes)  # exactly the executed counts are kept
+    assert result.cost_ratio["params"] <= 0.4 + 1e-9 and terminated
+    assert reward == pytest.approx(-(1 - result.metrics["top1"]))
+
+
+def test_weight_budget_rules_meet_the_params_target(weight_task):
+    from amc.cost import WeightBudget
+    budget = WeightBudget(weight_task.model, 0.3, lbound=0.05)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        actions = rng.random(len(budget.groups))
+        keep = {}
+        for g, a in zip(budget.groups, actions):
+            keep[g.name] = min(budget.count_for(g.name, a), budget.max_count(g.name, keep))
+        assert budget.ratio(keep) <= 0.3 + 1e-9
+        _, scaled = budget.scaled({g.name: a for g, a in zip(budget.groups, actions)})
+        assert budget.ratio(scaled) <= 0.3 + 1e-9 and budget.ratio(scaled) > 0.29  # spent, not wasted
+    with pytest.raises(AmcError, match="unreachable.*lower --lbound"):
+        WeightBudget(weight_task.model, 0.1, lbound=0.2)
+    accuracy = amc_envs.WeightPruningEnv(weight_task, EnvConfig(cost="params", mode="accuracy", lbound=0.05))
+    reward, _, _, info = run_episode(accuracy, [0.5] * len(accuracy.groups))
+    r = info["result"]
+    params = r.cost_ratio["params"] * accuracy.budget.dense
+    assert reward == pytest.approx(-(1 - r.metrics["top1"]) * math.log(params), rel=1e-6)
+    with pytest.raises(AmcError, match="budgeted in parameters"):
+        amc_envs.WeightPruningEnv(weight_task, EnvConfig(cost="macs"))

@@ -48,12 +48,12 @@ def plot_reward(episodes: pd.DataFrame, baselines: dict, path: Path) -> Path:
 
 
 def plot_best_ratios(best: dict, path: Path) -> Path:
-    """Executed preserve ratio of each group in the best policy."""
-    groups = best.get("groups", [])
+    """Executed preserve ratio of each group (weight policies: kept fraction of each layer) in the best policy."""
+    groups = best.get("groups") or [{"name": d["layer"], "executed_ratio": 1 - d["sparsity"]} for d in best.get("layers", [])]
     fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(groups)), 4))
     ax.bar(range(len(groups)), [g["executed_ratio"] for g in groups])
     ax.set_xticks(range(len(groups)), [g["name"] for g in groups], rotation=90, fontsize=6)
-    ax.set_ylabel("preserve ratio (kept / original channels)")
+    ax.set_ylabel("preserve ratio (kept / original channels or weights)")
     ax.set_ylim(0, 1.05)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -61,15 +61,20 @@ def plot_best_ratios(best: dict, path: Path) -> Path:
     return path
 
 
-def plot_accuracy_vs_macs(episodes: pd.DataFrame, baselines: dict, path: Path) -> Path:
-    """Search-split top-1 against measured MACs ratio for every episode."""
+def budget_cost(best: dict) -> str:
+    """The cost the run's budget is on (``macs`` or ``params``), from its best policy."""
+    return best.get("cost", {}).get("name", "macs") if best else "macs"
+
+
+def plot_accuracy_vs_cost(episodes: pd.DataFrame, baselines: dict, path: Path, cost: str = "macs") -> Path:
+    """Search-split top-1 against the measured cost ratio (``macs`` or ``params``) of every episode."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for phase, part in episodes.groupby("phase"):
-        ax.scatter(part.macs_ratio, part.top1, s=8, alpha=0.5, label=phase)
+        ax.scatter(part[f"{cost}_ratio"], part.top1, s=8, alpha=0.5, label=phase)
     if "uniform" in baselines:
         u = baselines["uniform"]
-        ax.scatter([u["macs_ratio"]], [u["top1"]], marker="*", s=120, color="C3", label="uniform")
-    ax.set_xlabel("MACs ratio (measured on the compact model)")
+        ax.scatter([u[f"{cost}_ratio"]], [u["top1"]], marker="*", s=120, color="C3", label="uniform")
+    ax.set_xlabel(f"{'MACs' if cost == 'macs' else cost} ratio (measured on the pruned model)")
     ax.set_ylabel("search-split top-1")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -80,6 +85,8 @@ def plot_accuracy_vs_macs(episodes: pd.DataFrame, baselines: dict, path: Path) -
 
 def summary_text(episodes: pd.DataFrame, baselines: dict, best: dict) -> str:
     metrics = best.get("metrics", {})
+    cost = budget_cost(best)
+    label = "MACs" if cost == "macs" else cost
     timing_cols = [c for c in episodes.columns if c.endswith("_s") and c != "elapsed_s"]
     medians = episodes[timing_cols].median()
     lines = ["# AMC search summary", "",
@@ -90,16 +97,17 @@ def summary_text(episodes: pd.DataFrame, baselines: dict, best: dict) -> str:
     if "uniform" in baselines:
         u = baselines["uniform"]
         lines.append(f"- uniform policy (ratio {u['ratio']:.4f}): reward {u['reward']:.4f}, top-1 {u['top1']:.4f}, "
-                     f"MACs ratio {u['macs_ratio']:.4f}")
+                     f"{label} ratio {u[f'{cost}_ratio']:.4f}")
     rnd = episodes[episodes.phase.isin(["warm-up", "random"])]
     if len(rnd):
         lines.append(f"- best random episode ({len(rnd)} random episodes): reward {rnd.reward.max():.4f}")
-    lines.append(f"- MACs ratio over all episodes: max {episodes.macs_ratio.max():.4f} (target "
+    lines.append(f"- {label} ratio over all episodes: max {episodes[f'{cost}_ratio'].max():.4f} (target "
                  f"{metrics.get('target')}, mode {metrics.get('mode')})")
+    apply = "amc apply best_policy.json" if best.get("granularity", "channel") == "channel" else "amc prune best_policy.json"
     lines += ["", "Median seconds per episode: " + ", ".join(f"{c[:-2]} {v:.3f}" for c, v in medians.items()),
               f"Wall time: {episodes.elapsed_s.max():.0f} s", "",
               "Files: episodes.csv, best_policy.json, top_policies/, reward.png, best_policy_ratios.png, "
-              "accuracy_vs_macs.png. Apply the policy with `amc apply best_policy.json --checkpoint ... --out ...`."]
+              f"accuracy_vs_{cost}.png. Apply the policy with `{apply} --checkpoint ... --out ...`."]
     return "\n".join(lines) + "\n"
 
 
@@ -107,8 +115,9 @@ def write_report(run: str | Path) -> list[Path]:
     """Regenerate the plots and ``summary.md`` of ``run``; returns the written paths."""
     run = Path(run)
     episodes, baselines, best = load_run(run)
+    cost = budget_cost(best)
     paths = [plot_reward(episodes, baselines, run / "reward.png"),
-             plot_accuracy_vs_macs(episodes, baselines, run / "accuracy_vs_macs.png")]
+             plot_accuracy_vs_cost(episodes, baselines, run / f"accuracy_vs_{cost}.png", cost)]
     if best:
         paths.append(plot_best_ratios(best, run / "best_policy_ratios.png"))
     (run / "summary.md").write_text(summary_text(episodes, baselines, best))

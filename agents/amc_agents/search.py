@@ -17,10 +17,10 @@ from typing import Callable
 
 import torch
 
-from amc.config import SearchConfig, differences, replace, validate
+from amc.config import EnvConfig, SearchConfig, differences, replace, validate
 from amc.errors import AmcError, AmcWarning
 from amc.policy import Policy
-from amc_envs import ChannelPruningEnv, EpisodeResult, PruningTask, open_task
+from amc_envs import WEIGHT_SEARCH_PRUNE, ChannelPruningEnv, EpisodeResult, PruningTask, WeightPruningEnv, open_task
 
 from .agent import make_agent
 from .ddpg import rng_state, set_rng_state
@@ -53,7 +53,7 @@ class SearchRunner:
         if cfg.episodes < 1 or cfg.top_k < 1:
             raise AmcError(f"episodes and top_k must be at least 1, got {cfg.episodes} and {cfg.top_k}")
         torch.manual_seed(cfg.seed)
-        self.env = ChannelPruningEnv(task, cfg.env)
+        self.env = make_env(task, cfg.env)
         self.groups = self.env.groups
         self.agent = make_agent(cfg.agent, self.env, cfg.seed, cfg.device)
         self.run_id = store.fingerprints().get("run id")  # ties checkpoints to this folder
@@ -91,6 +91,13 @@ class SearchRunner:
         metrics = {"reward": r.reward, **r.metrics, **{f"{k}_ratio": v for k, v in r.cost_ratio.items()},
                    "episode": record.episode, "search_split_images": len(self.task.search_labels),
                    "target": self.cfg.env.target, "mode": self.cfg.env.mode, "method": self.cfg.agent.algorithm}
+        if self.task.prune_config.granularity == "weight":
+            return Policy.for_weights({n: 1 - k / self.env.budget.size(n) for n, k in r.keep.items()},
+                                      model={**self.task.spec.to_dict(), "exclude": list(self.cfg.model.exclude)},
+                                      input_shape=self.task.spec.input_shape, graph=self.task.graph,
+                                      cost={"name": "params", "definition": "non-zero parameters"},
+                                      data=self.task.data, metrics=metrics, seed=self.cfg.seed,
+                                      prune=self.task.prune_config, calibration=self.task.calibration)
         cost = self.env.budget.cost
         return Policy.build(self.task.graph, r.keep, model={**self.task.spec.to_dict(), "exclude": list(self.cfg.model.exclude)},
                             kept={k: torch.tensor(v) for k, v in r.kept.items()}, requested=r.requested,
@@ -119,7 +126,8 @@ class SearchRunner:
             self.store.write_policies([self.policy(r) for r in self.top])
         best = self.top[0].reward
         self.store.log(f"heartbeat episode {self.episode}/{self.cfg.episodes} reward {result.reward:.4f} best {best:.4f} "
-                       f"macs {result.cost_ratio.get('macs', float('nan')):.3f} {row['episode_s']:.2f}s"
+                       f"{self.env.budget.cost_name} {result.cost_ratio.get(self.env.budget.cost_name, float('nan')):.3f} "
+                       f"{row['episode_s']:.2f}s"
                        + (" (new best)" if improved else ""))
         if self.progress is not None:
             self.progress({**row, "best_reward": best})
@@ -162,7 +170,8 @@ def run_search(cfg: SearchConfig, folder: str | Path, *, resume: bool = False, p
     ``task``: a prebuilt task for ``cfg`` (else opened from the model and data configs).
     """
     validate(cfg)
-    if not resume:  # check the inputs (and that the budget is reachable) before the run folder is created
+    if not resume:
+        cfg = search_config_for(cfg)  # check the inputs (and that the budget is reachable) before the run folder is created
         if cfg.agent.algorithm in ("ddpg", "td3", "sac") and cfg.episodes <= cfg.agent.warmup_episodes:
             raise AmcError(f"with {cfg.episodes} episodes and {cfg.agent.warmup_episodes} warm-up episodes the "
                            f"{cfg.agent.algorithm} agent would never learn (a random search): lower "
@@ -170,7 +179,7 @@ def run_search(cfg: SearchConfig, folder: str | Path, *, resume: bool = False, p
         RunStore.check_new(folder)
         untrained = task is None and not cfg.model.checkpoint and not (cfg.model.name or "").startswith("torchvision:")
         task = task or _open_task(cfg)
-        ChannelPruningEnv(task, cfg.env)
+        make_env(task, cfg.env)
         if untrained:
             warnings.warn(f"no checkpoint: {cfg.model.name or 'the model'} has random weights, so the search split's "
                           "accuracy (the reward) says nothing about how a trained model prunes", AmcWarning, stacklevel=2)
@@ -196,6 +205,22 @@ def run_search(cfg: SearchConfig, folder: str | Path, *, resume: bool = False, p
         return runner.run(), store
     finally:
         store.unlock()
+
+
+def make_env(task: PruningTask, cfg: EnvConfig) -> ChannelPruningEnv:
+    """The environment for the task's granularity: channels (AMC) or weights (fine-grained AMC)."""
+    return WeightPruningEnv(task, cfg) if task.prune_config.granularity == "weight" else ChannelPruningEnv(task, cfg)
+
+
+def search_config_for(cfg: SearchConfig) -> SearchConfig:
+    """``cfg`` as it runs: a weight (fine-grained) search scores masked models without least squares or
+    BatchNorm recalibration, so that ``amc prune POLICY`` rebuilds the scored model exactly."""
+    if cfg.prune.granularity != "weight":
+        return cfg
+    if cfg.env.cost not in ("params",):
+        raise AmcError(f"a weight-granularity search is budgeted in parameters: give --cost params (not {cfg.env.cost})")
+    return replace(cfg, prune=replace(cfg.prune, reconstruct=WEIGHT_SEARCH_PRUNE.reconstruct,
+                                      bn_batches=WEIGHT_SEARCH_PRUNE.bn_batches))
 
 
 def _resumed_config(store: RunStore, cfg: SearchConfig) -> SearchConfig:

@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
                        "from the scored one).")
     p.add_argument("policy", help="policy JSON written by amc search or amc uniform")
     add_model_arg(p)
-    add_flags(p, "model", "data", "prune", skip=("--exclude",))
+    add_flags(p, "model", "data", "prune", skip=("--exclude", "--granularity"))
     add_flags(p, "train", skip=("--augment", "--epochs"))
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the pruned model for this many epochs")
     p.add_argument("--no-recovery", action="store_true", help="no reconstruction and no BatchNorm recalibration "

@@ -52,6 +52,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--criterion", "prune", "criterion", str, "channel importance criterion (default l1)",
          choices=("l1", "l2", "apoz", "mean_activation", "taylor", "random")),
     Flag("--reconstruct", "prune", "reconstruct", BOOL, "least-squares reconstruction of the consumers (default on)"),
+    Flag("--granularity", "prune", "granularity", str, "channel: AMC (channels removed for real); weight: fine-grained "
+         "AMC (per-layer weight sparsity with masks; give --cost params and a low --lbound, e.g. 0.05)",
+         choices=("channel", "weight")),
     Flag("--bn-batches", "prune", "bn_batches", int, "calibration batches for BatchNorm recalibration (default 2; 0 = off)"),
     Flag("--bn-scope", "prune", "bn_scope", str, "BatchNorms to recalibrate: all, or only those right after a layer "
          "the least squares refitted (default all)", choices=("all", "reconstructed")),

@@ -49,7 +49,7 @@ def add_parser(sub) -> None:
                    help="glob patterns of conv/linear layers left dense (e.g. conv1 fc)")
     p.add_argument("--ratio", type=float, help="preserve ratio (fraction of channels kept) of every group, in (0, 1] "
                    "(channel granularity)")
-    add_flags(p, "model", "data", "calibration", "prune")
+    add_flags(p, "model", "data", "calibration", "prune", skip=("--granularity",))
     add_flags(p, "env", skip=("--mode", "--rbound", "--metric", "--reward-scale"))
     add_flags(p, "train", skip=("--epochs",))
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune for this many epochs (needs data)")

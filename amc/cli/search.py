@@ -85,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
         close()
     write_report(out)
     base = store.baselines()["uniform"]
-    print(f"best reward {best.reward:.4f} (top-1 {best.result.metrics['top1']:.4f}, MACs "
-          f"{best.result.cost_ratio['macs']:.3f}) at episode {best.episode}; uniform policy reward "
+    cost = "params" if cfg.prune.granularity == "weight" else "macs"
+    print(f"best reward {best.reward:.4f} (top-1 {best.result.metrics['top1']:.4f}, {cost} "
+          f"{best.result.cost_ratio[cost]:.3f}) at episode {best.episode}; uniform policy reward "
           f"{base['reward']:.4f} (top-1 {base['top1']:.4f})")
     print(f"run folder: {out}  best policy: {out / 'best_policy.json'}")
     return 0

@@ -100,16 +100,22 @@ class ChannelPruningEnv(gym.Env):
         self.task = task or PruningTask.tiny()
         self.cfg = cfg
         # accuracy mode has no budget: the target only bounds nothing, so check reachability at 1
-        target = cfg.target if cfg.mode == "constrained" else 1.0
-        self.budget = Budget(self.task.graph, cfg.cost, target, round_to=cfg.round_to, lbound=cfg.lbound,
-                             rbound=cfg.rbound)
+        self.budget = self.make_budget(cfg.target if cfg.mode == "constrained" else 1.0)
         self.groups = self.budget.groups
-        self.observer = Observer(self.budget)
+        self.observer = self.make_observer()
         self.action_space = spaces.Box(0.0, 1.0, (1,), np.float32)
         self.observation_space = spaces.Box(0.0, 1.0, (len(FEATURES),), np.float32)
         self._t = 0
         self._keep: dict[GroupName, int] = {}
         self._requested: dict[GroupName, float] = {}
+
+    def make_budget(self, target: float) -> Budget:
+        """The budget rule over what this environment prunes (channel groups here)."""
+        return Budget(self.task.graph, self.cfg.cost, target, round_to=self.cfg.round_to, lbound=self.cfg.lbound,
+                      rbound=self.cfg.rbound)
+
+    def make_observer(self) -> Observer:
+        return Observer(self.budget)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
@@ -131,7 +137,8 @@ class ChannelPruningEnv(gym.Env):
         count = self.count_for(self._t, requested)
         self._keep[g.name] = count
         self._requested[g.name] = requested
-        info: dict[str, Any] = {"group": g.name, "requested_action": requested, "executed_action": count / g.channels}
+        info: dict[str, Any] = {"group": g.name, "requested_action": requested,
+                                "executed_action": count / self.budget.size(g.name)}
         self._t += 1
         if self._t < len(self.groups):
             return self.observer(self._t, self._keep), 0.0, False, False, info

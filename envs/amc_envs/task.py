@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import torch
 from torch import nn
 
 from amc.calibration import CalibrationSet
 from amc.config import CalibrationConfig, DataConfig, ModelConfig, PruneConfig
-from amc.cost import CostModel, MacsCost, ParamsCost, check_costs
+from amc.cost import CostModel, MacsCost, ParamsCost, check_costs, params
+from amc.errors import AmcError
 from amc.data import ImageSet, load_splits, normalization
 from amc.evaluation import evaluate
 from amc.io import open_model
 from amc.models import ModelSpec, build_model
 from amc.prune import PruneResult, PruningEngine
+from amc.selection import Selection
 from amc.structure import DependencyGraph, Keep, trace
+from amc.unstructured import magnitude_masks
+
+# what a fine-grained (weight) search prunes with: masks only, so a weight policy file rebuilds the scored
+# model exactly with amc.prune_unstructured (no reconstruction, no BatchNorm recalibration)
+WEIGHT_SEARCH_PRUNE = PruneConfig(granularity="weight", reconstruct=False, bn_batches=0)
 
 
 @dataclass
@@ -25,8 +33,9 @@ class PruningTask:
 
     ``search_images``: normalised float tensor (N, C, H, W) of the held-out search split on the
     task's device; ``search_labels``: (N,) int64. ``costs``: cost models every pruned model is
-    measured with (an exact one must match the accounting). ``configs``: the model, data,
-    calibration and prune configs the task was built from (recorded in policies).
+    measured with (an exact one must match the accounting). ``data`` / ``calibration``: the configs the
+    task was built from (recorded in policies). ``exclude``: globs of channel groups (or, for weight
+    pruning, of conv/linear layers) left unpruned.
     """
 
     model: nn.Module
@@ -40,6 +49,7 @@ class PruningTask:
     costs: dict[str, CostModel] = field(default_factory=lambda: {"macs": MacsCost(), "params": ParamsCost()})
     data: DataConfig | None = None
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    exclude: tuple[str, ...] = ()
 
     @property
     def prune_config(self) -> PruneConfig:
@@ -65,6 +75,27 @@ class PruningTask:
             metrics[f"{name}_ratio"] = measured[name] / c.cost(self.graph)
         return metrics, result
 
+    def evaluate_weights(self, keep: Mapping[str, int]) -> tuple[dict[str, float], PruneResult]:
+        """Mask each layer of ``keep`` to its count of largest-magnitude weights, count and score it.
+
+        Returns (metrics, result) like :meth:`evaluate`, with ``params`` (non-zero parameters: every
+        parameter outside the masked weights plus their kept ones) and ``params_ratio``.
+        """
+        sizes = {n: m.weight.numel() for n, m in self.model.named_modules() if n in keep}
+        sparsities = {n: 1 - k / sizes[n] for n, k in keep.items()}
+        masks = magnitude_masks(self.model, sparsities=sparsities)
+        result = self.engine.prune(Selection(masks={n: m for n, m in masks.items() if n in keep}))
+        kept = sum(int(masks[n].sum()) for n in keep)
+        if any(int(masks[n].sum()) != k for n, k in keep.items()):
+            raise AmcError("magnitude masks do not keep the requested weight counts")
+        dense = params(self.model)
+        start = time.perf_counter()
+        metrics = self.score(result.model)
+        result.timings["evaluate"] = time.perf_counter() - start
+        metrics["params"] = dense - sum(sizes.values()) + kept
+        metrics["params_ratio"] = metrics["params"] / dense
+        return metrics, result
+
     @classmethod
     def build(cls, model: nn.Module, spec: ModelSpec, search: ImageSet, calibration: CalibrationSet,
               data: DataConfig, prune: PruneConfig = PruneConfig(), calibration_config: CalibrationConfig = CalibrationConfig(),
@@ -77,16 +108,18 @@ class PruningTask:
         if prune.channels_last:
             search_x = search_x.contiguous(memory_format=torch.channels_last)
         return cls(model, spec, graph, engine, search_x, search.labels.to(device), device, data=data,
-                   calibration=calibration_config)
+                   calibration=calibration_config, exclude=tuple(exclude))
 
     @classmethod
-    def tiny(cls, seed: int = 0) -> "PruningTask":
-        """A small random CNN on synthetic images: a fast default for tests and the env checker."""
+    def tiny(cls, seed: int = 0, granularity: str = "channel") -> "PruningTask":
+        """A small random CNN on synthetic images: a fast default for tests and the env checker
+        (``granularity="weight"``: masks without BatchNorm recalibration, for the weight environment)."""
         torch.manual_seed(seed)
         spec = ModelSpec("resnet8", 10, (3, 16, 16))
         data = DataConfig(synthetic_size=(200, 10), holdout=100, search_images=100, image_size=16)
         calib = CalibrationConfig(images=100, batch_size=50)
-        return make_task(build_model(spec), spec, data, calib, PruneConfig(bn_batches=2))
+        prune = PruneConfig(bn_batches=2) if granularity == "channel" else WEIGHT_SEARCH_PRUNE
+        return make_task(build_model(spec), spec, data, calib, prune)
 
 
 def make_task(model: nn.Module, spec: ModelSpec, data: DataConfig, calibration: CalibrationConfig = CalibrationConfig(),
