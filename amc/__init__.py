@@ -16,6 +16,11 @@ Unstructured pruning, sensitivity analysis, schedules and sparse files::
     policy = amc.allocate(curves, target=0.3, tolerance=0.01, model=model, example_input=example_input)
     amc.save_sparse(masked, "model.amcs"); state_dict = amc.load_sparse("model.amcs")
 
+Sparse training: lottery tickets (iterative magnitude pruning with rewinding) and RigL / SET / static ERK masks::
+
+    table = amc.lottery_ticket(model, train_set, norm, amc.LotteryConfig(rounds=5, rewind_step=500), "lt", test_set=test)
+    result = amc.sparse_train(model, train_set, norm, amc.SparseConfig(method="rigl", sparsity=0.9), "rigl")
+
 Preserve ratio = fraction of a group's channels that is kept; sparsity = fraction of weights removed;
 MACs = multiply-accumulates per example.
 """
@@ -24,15 +29,17 @@ from .api import inspect, uniform_policy
 from .apply import AppliedPolicy, apply_policy, calibration_for
 from .calibration import CalibrationSet
 from .errors import AmcError
+from .lottery import LotteryConfig, lottery_ticket
 from .policy import Policy
+from .rigl import RigL, SparseConfig, erk_sparsities, sparse_train
 from .schedules import AGP, PruneRounds, agp_sparsity, schedule_callbacks
 from .sensitivity import allocate, plot_sensitivity, sensitivity
 from .sparse_io import load_sparse, open_sparse, save_sparse, sparse_size_report
 from .structure import trace
 from .unstructured import apply_masks, export_masks, layer_sparsities, magnitude_masks, prune_unstructured
 
-__all__ = ["AGP", "AmcError", "AppliedPolicy", "CalibrationSet", "Policy", "PruneRounds", "agp_sparsity", "allocate",
-           "apply_masks", "apply_policy", "calibration_for", "config", "cost", "export_masks", "inspect",
-           "layer_sparsities", "load_sparse", "magnitude_masks", "open_sparse", "plot_sensitivity",
-           "prune_unstructured", "save_sparse", "schedule_callbacks", "sensitivity", "sparse_size_report", "trace",
-           "uniform_policy"]
+__all__ = ["AGP", "AmcError", "AppliedPolicy", "CalibrationSet", "LotteryConfig", "Policy", "PruneRounds", "RigL",
+           "SparseConfig", "agp_sparsity", "allocate", "apply_masks", "apply_policy", "calibration_for", "config", "cost",
+           "erk_sparsities", "export_masks", "inspect", "layer_sparsities", "load_sparse", "lottery_ticket",
+           "magnitude_masks", "open_sparse", "plot_sensitivity", "prune_unstructured", "save_sparse",
+           "schedule_callbacks", "sensitivity", "sparse_size_report", "sparse_train", "trace", "uniform_policy"]

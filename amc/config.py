@@ -177,7 +177,9 @@ class SearchConfig:
 
     episodes: evaluated episodes in total (warm-up included). top_k: policies kept in
     ``top_policies/``. seed: seeds the agent and the random search. device: ``cpu`` or ``cuda``.
-    threads: torch CPU threads (0 = torch's default).
+    threads: torch CPU threads (0 = torch's default). cache_dir: folder of the
+    :class:`~amc.stats_cache.StatsCache` (calibration statistics and the uniform baseline, reused by
+    resumes and later searches of the same model and data); None = no cache.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -191,6 +193,7 @@ class SearchConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int = 0
+    cache_dir: str | None = None
 
 
 T = TypeVar("T")
@@ -253,7 +256,7 @@ COSTS = ("macs", "flops", "params")
 BUDGET_RULES = ("clamp", "scale")
 BN_SCOPES = ("all", "reconstructed")
 ALGORITHMS = ("ddpg", "td3", "sac", "random", "tpe")
-DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
+DATASETS = ("cifar10", "cifar100", "folder", "digits", "synthetic")
 
 
 def _finite(x: Any) -> bool:

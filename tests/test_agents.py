@@ -133,3 +133,27 @@ def test_weight_search_policy_rebuilds_the_scored_model_with_prune_unstructured(
     assert (tmp_path / "accuracy_vs_params.png").is_file() and "params ratio" in (tmp_path / "summary.md").read_text()
     with pytest.raises(AmcError, match="give --cost params"):
         run_search(SearchConfig(prune=PruneConfig(granularity="weight"), episodes=2), tmp_path / "macs", task=task)
+
+
+def test_a_second_search_of_the_same_model_and_data_reuses_the_cached_baseline(tmp_path, monkeypatch):
+    from amc.config import CalibrationConfig, DataConfig, ModelConfig
+    from amc.io import save_model
+    from amc.models import ModelSpec, build_model
+
+    spec = ModelSpec("resnet8", 10, (3, 16, 16))
+    torch.manual_seed(0)
+    save_model(tmp_path / "m.pt", build_model(spec), spec)
+    cfg = SearchConfig(model=ModelConfig("resnet8", str(tmp_path / "m.pt")),
+                       data=DataConfig(synthetic_size=(200, 10), holdout=100, search_images=100, image_size=16),
+                       calibration=CalibrationConfig(images=100, batch_size=50), agent=AgentConfig(algorithm="random"),
+                       episodes=2, cache_dir=str(tmp_path / "cache"))
+    run_search(cfg, tmp_path / "a")
+    evaluated = []
+    real = ChannelPruningEnv.evaluate
+    monkeypatch.setattr(ChannelPruningEnv, "evaluate", lambda self, *a, **k: evaluated.append(1) or real(self, *a, **k))
+    run_search(cfg, tmp_path / "b")
+    assert len(evaluated) == 2  # the two episodes; the uniform baseline came from the cache
+    a, b = (RunStore(tmp_path / d).baselines()["uniform"] for d in "ab")
+    assert a == b and (tmp_path / "b" / "uniform_policy.json").is_file()
+    run_search(SearchConfig(**{**cfg.__dict__, "cache_dir": None}), tmp_path / "c")
+    assert len(evaluated) == 5  # without a cache the baseline is scored again

@@ -231,3 +231,28 @@ def test_mask_pruner_is_torch_prune_compatible_and_masks_survive_an_optimizer_st
     fold_masks(masked)
     assert not torch_prune.is_pruned(conv) and (conv.weight[:, dropped] == 0).all()
     assert 0 < sparsity(masked) < 0.5
+
+
+def test_stats_cache_serves_equal_statistics_without_recomputing_and_never_stale(tmp_path, monkeypatch):
+    import amc.prune.engine as engine_module
+    from amc.stats_cache import StatsCache
+
+    torch.manual_seed(0)
+    model = randomize_bn(build_model(ModelSpec("resnet8"))).eval()
+    graph = trace(model, (3, 32, 32))
+    calib = CalibrationSet(torch.randn(40, 3, 32, 32), batch_size=20)
+    calls = []
+    real = engine_module.collect_stats
+    monkeypatch.setattr(engine_module, "collect_stats", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cache = StatsCache(tmp_path / "cache")
+    first = PruningEngine(model, graph, PruneConfig(), calib, cache).stats
+    second = PruningEngine(model, graph, PruneConfig(), calib, cache).stats
+    assert len(calls) == 1 and second.gram.keys() == first.gram.keys()
+    assert all(torch.equal(first.gram[k], second.gram[k]) for k in first.gram)
+    PruningEngine(model, graph, PruneConfig(), CalibrationSet(calib.images + 1e-3, batch_size=20), cache).stats
+    PruningEngine(model, graph, PruneConfig(points_per_image=3), calib, cache).stats
+    assert len(calls) == 3  # other images, other sampling: other keys
+    for f in (tmp_path / "cache").glob("stats-*.pt"):
+        f.write_bytes(b"torn")
+    again = PruningEngine(model, graph, PruneConfig(), calib, cache).stats
+    assert len(calls) == 4 and all(torch.equal(first.gram[k], again.gram[k]) for k in first.gram)

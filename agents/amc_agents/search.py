@@ -20,6 +20,7 @@ import torch
 from amc.config import EnvConfig, SearchConfig, differences, replace, validate
 from amc.errors import AmcError, AmcWarning
 from amc.policy import Policy
+from amc.stats_cache import StatsCache, digest
 from amc_envs import WEIGHT_SEARCH_PRUNE, ChannelPruningEnv, EpisodeResult, PruningTask, WeightPruningEnv, open_task
 
 from .agent import make_agent
@@ -39,7 +40,7 @@ class EpisodeRecord:
 Progress = Callable[[dict], None]  # called with each episode's row (and the best reward so far)
 
 # settings that may differ when a run is resumed (documented in the README)
-RESUMABLE_CHANGES = ("episodes", "device", "threads")
+RESUMABLE_CHANGES = ("episodes", "device", "threads", "cache_dir")
 
 
 class SearchRunner:
@@ -136,12 +137,23 @@ class SearchRunner:
         """Score the uniform policy at the same budget once per run (``baselines.json``, ``uniform_policy.json``)."""
         if "uniform" in self.store.baselines():
             return
-        budget = self.env.budget
-        if self.cfg.env.mode == "constrained":
-            ratio, keep = budget.uniform()
+        cache = self.task.engine.cache
+        key = "uniform-" + digest(self.task.model, self.task.search_images, self.task.search_labels,
+                                  self.task.engine.calibration.images if self.task.engine.calibration else 0,
+                                  asdict(self.cfg.env), asdict(self.task.prune_config), asdict(self.task.calibration),
+                                  list(self.task.exclude))
+        saved = cache.load_record(key) if cache is not None else None
+        if saved is not None:
+            ratio, result = saved["ratio"], EpisodeResult(**saved["result"])
         else:
-            ratio, keep = 1.0, {g.name: g.channels for g in self.groups}
-        result = self.env.evaluate(keep, {g: ratio for g in keep})
+            budget = self.env.budget
+            if self.cfg.env.mode == "constrained":
+                ratio, keep = budget.uniform()
+            else:
+                ratio, keep = 1.0, {g.name: budget.size(g.name) for g in self.groups}
+            result = self.env.evaluate(keep, {g: ratio for g in keep})
+            if cache is not None:
+                cache.save_record(key, {"ratio": ratio, "result": asdict(result)})
         record = {"ratio": ratio, "reward": result.reward, **result.metrics,
                   **{f"{k}_ratio": v for k, v in result.cost_ratio.items()}}
         policy = self.policy(EpisodeRecord(0, result.reward, result))
@@ -230,7 +242,7 @@ def _resumed_config(store: RunStore, cfg: SearchConfig) -> SearchConfig:
     if changed:
         raise AmcError(f"--resume with different settings: {'; '.join(changed)} (only {', '.join(RESUMABLE_CHANGES)} "
                        "may change)")
-    return replace(stored, episodes=cfg.episodes, device=cfg.device, threads=cfg.threads)
+    return replace(stored, episodes=cfg.episodes, device=cfg.device, threads=cfg.threads, cache_dir=cfg.cache_dir)
 
 
 def _open_task(cfg: SearchConfig) -> PruningTask:
@@ -239,18 +251,21 @@ def _open_task(cfg: SearchConfig) -> PruningTask:
     torch.manual_seed(cfg.seed)  # a model without a checkpoint gets seeded random weights
     if not cfg.model.name and not cfg.model.checkpoint:
         raise AmcError("give --model (and usually --checkpoint) or a --config that names them")
-    return open_task(cfg.model, cfg.data, cfg.calibration, cfg.prune, cfg.device)
+    return open_task(cfg.model, cfg.data, cfg.calibration, cfg.prune, cfg.device,
+                     StatsCache(cfg.cache_dir) if cfg.cache_dir else None)
 
 
 def fingerprints(task: PruningTask) -> dict:
-    """Identity of a task's inputs: the dense weights and the images that score and calibrate."""
-    def digest(*tensors: torch.Tensor) -> str:
+    """Identity of a task's inputs: the dense weights and the images that score and calibrate.
+
+    (Kept byte-for-byte as runs already on disk recorded it, so that they still resume.)"""
+    def tensors_digest(*tensors: torch.Tensor) -> str:
         h = hashlib.sha256()
         for t in tensors:
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
-    return {"model": digest(*task.model.state_dict().values()),
-            "data split": digest(task.search_images, task.search_labels, task.engine.calibration.images)
-            if task.engine.calibration is not None else digest(task.search_images, task.search_labels)}
+    return {"model": tensors_digest(*task.model.state_dict().values()),
+            "data split": tensors_digest(task.search_images, task.search_labels, task.engine.calibration.images)
+            if task.engine.calibration is not None else tensors_digest(task.search_images, task.search_labels)}
 

@@ -102,6 +102,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--top-k", "run", "top_k", int, "policies kept in top_policies/ (default 5)"),
     Flag("--device", "run", "device", str, "cpu or cuda (default cpu)"),
     Flag("--threads", "run", "threads", int, "torch CPU threads (default: torch's)"),
+    Flag("--cache-dir", "run", "cache_dir", str, "cache of calibration statistics and baseline scores shared by "
+         "searches of the same model and data (default ~/.cache/amc; 'none' turns it off)"),
 )
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "calibration": CalibrationConfig, "prune": PruneConfig,

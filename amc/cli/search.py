@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
-from ..config import SearchConfig, from_dict
+from ..config import SearchConfig, from_dict, replace
 from ..errors import AmcError
 from .args import add_flags, search_config
 from .common import check_device
@@ -66,11 +67,20 @@ def progress_reporter(total: int, quiet: bool, every: int):
     return line, lambda: None
 
 
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/amc``, else ``~/.cache/amc``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "amc"
+
+
 def run(args: argparse.Namespace) -> int:
     from amc_agents import run_search  # noqa: PLC0415
     from amc_agents.report import write_report  # noqa: PLC0415
 
     cfg = search_config(args, _base(args))
+    if cfg.cache_dir is None and not args.resume:
+        cfg = replace(cfg, cache_dir=str(default_cache_dir()))
+    if cfg.cache_dir == "none":
+        cfg = replace(cfg, cache_dir=None)
     if args.resume:
         out = Path(args.resume)
     else:

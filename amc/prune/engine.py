@@ -22,6 +22,7 @@ from ..config import PruneConfig
 from ..errors import AmcError
 from ..importance import ScoringContext, criterion
 from ..selection import Selection, top_channels
+from ..stats_cache import StatsCache
 from ..structure import DependencyGraph, GroupName, Keep
 from .channel import ChannelPruner
 from .mask import MaskPruner
@@ -53,10 +54,12 @@ class PruningEngine:
         cfg: :class:`~amc.config.PruneConfig`.
         calibration: images for activation/gradient criteria, least squares and BatchNorm
             recalibration; required when ``cfg`` uses any of them (an :class:`AmcError` otherwise).
+        cache: where calibration statistics are kept between engines of the same model and images
+            (:class:`~amc.stats_cache.StatsCache`); None gathers them afresh.
     """
 
     def __init__(self, model: nn.Module, graph: DependencyGraph, cfg: PruneConfig = PruneConfig(),
-                 calibration: CalibrationSet | None = None):
+                 calibration: CalibrationSet | None = None, cache: StatsCache | None = None):
         if cfg.granularity not in ("channel", "weight"):
             raise AmcError(f"unknown granularity '{cfg.granularity}' (choose channel or weight)")
         if cfg.bn_batches < 0 or cfg.points_per_image < 0 or not cfg.ridge >= 0:
@@ -76,6 +79,7 @@ class PruningEngine:
         self.calibration = calibration
         self.pruner = ChannelPruner(graph) if cfg.granularity == "channel" else MaskPruner(graph)
         self._stats: CalibrationStats | None = None
+        self.cache = cache
         self._scores: dict[GroupName, torch.Tensor] = {}
         self._bn_after: dict[str, str] | None = None
         self.setup_seconds = 0.0
@@ -85,8 +89,17 @@ class PruningEngine:
         """Calibration statistics of the dense model (gathered on first use)."""
         if self._stats is None:
             start = time.perf_counter()
-            self._stats = collect_stats(self.model, self.graph, self.calibration, self.needs,
-                                        points_per_image=self.cfg.points_per_image, seed=self.cfg.seed)
+            key = None
+            if self.cache is not None and self.calibration is not None:
+                key = self.cache.stats_key(self.model, self.calibration, {
+                    "needs": self.needs.value, "points_per_image": self.cfg.points_per_image, "seed": self.cfg.seed,
+                    "consumers": sorted({c for g in self.graph.prunable for c in g.consumers})})
+                self._stats = self.cache.load_stats(key)
+            if self._stats is None:
+                self._stats = collect_stats(self.model, self.graph, self.calibration, self.needs,
+                                            points_per_image=self.cfg.points_per_image, seed=self.cfg.seed)
+                if key is not None:
+                    self.cache.save_stats(key, self._stats)
             self.setup_seconds += time.perf_counter() - start
         return self._stats
 

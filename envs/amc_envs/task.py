@@ -19,6 +19,7 @@ from amc.io import open_model
 from amc.models import ModelSpec, build_model
 from amc.prune import PruneResult, PruningEngine
 from amc.selection import Selection
+from amc.stats_cache import StatsCache
 from amc.structure import DependencyGraph, Keep, trace
 from amc.unstructured import magnitude_masks
 
@@ -99,11 +100,12 @@ class PruningTask:
     @classmethod
     def build(cls, model: nn.Module, spec: ModelSpec, search: ImageSet, calibration: CalibrationSet,
               data: DataConfig, prune: PruneConfig = PruneConfig(), calibration_config: CalibrationConfig = CalibrationConfig(),
-              exclude=(), device: str = "cpu") -> "PruningTask":
-        """``search``: images that score policies; ``calibration``: images for recovery statistics."""
+              exclude=(), device: str = "cpu", cache: StatsCache | None = None) -> "PruningTask":
+        """``search``: images that score policies; ``calibration``: images for recovery statistics;
+        ``cache``: where the engine keeps its calibration statistics between tasks."""
         model = model.to(device).eval()
         graph = trace(model, spec.input_shape, exclude)
-        engine = PruningEngine(model, graph, prune, calibration.to(device))
+        engine = PruningEngine(model, graph, prune, calibration.to(device), cache)
         search_x = normalization(data)(search.images).to(device)
         if prune.channels_last:
             search_x = search_x.contiguous(memory_format=torch.channels_last)
@@ -123,15 +125,16 @@ class PruningTask:
 
 
 def make_task(model: nn.Module, spec: ModelSpec, data: DataConfig, calibration: CalibrationConfig = CalibrationConfig(),
-              prune: PruneConfig = PruneConfig(), exclude=(), device: str = "cpu") -> PruningTask:
+              prune: PruneConfig = PruneConfig(), exclude=(), device: str = "cpu",
+              cache: StatsCache | None = None) -> PruningTask:
     """A :class:`PruningTask` over ``data``'s search split; calibration drawn from its trained-on part."""
     splits = load_splits(data, ("train", "search"), num_classes=spec.num_classes, image_size=spec.input_shape[-1])
     calib = CalibrationSet.draw(splits["train"], normalization(data), calibration, device)
-    return PruningTask.build(model, spec, splits["search"], calib, data, prune, calibration, exclude, device)
+    return PruningTask.build(model, spec, splits["search"], calib, data, prune, calibration, exclude, device, cache)
 
 
 def open_task(model: ModelConfig, data: DataConfig, calibration: CalibrationConfig = CalibrationConfig(),
-              prune: PruneConfig = PruneConfig(), device: str = "cpu") -> PruningTask:
+              prune: PruneConfig = PruneConfig(), device: str = "cpu", cache: StatsCache | None = None) -> PruningTask:
     """Open the model of ``model`` (name/checkpoint) and build its :class:`PruningTask`."""
     net, spec, _ = open_model(model.name, model.checkpoint, model.num_classes, model.input_shape)
-    return make_task(net, spec, data, calibration, prune, model.exclude, device)
+    return make_task(net, spec, data, calibration, prune, model.exclude, device, cache)

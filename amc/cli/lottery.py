@@ -1,0 +1,159 @@
+"""``amc lottery``: lottery tickets -- iterative magnitude pruning with rewinding, and its controls (resumable)."""
+from __future__ import annotations
+
+import argparse
+import copy
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..config import DataConfig, ModelConfig, from_dict, replace, to_dict, validate
+from ..data import normalization
+from ..errors import AmcError
+from ..io import atomic_write_text, read_checkpoint, save_model
+from ..lottery import CONTROLS, LotteryConfig, check_config, check_run, lottery_ticket
+from ..models import ModelSpec, build_model, default_input_shape
+from ..unstructured import SCOPES, prunable_layers
+from .args import FLAGS, add_flags, add_model_arg, command_line, dest, print_table, section
+from .common import check_device, check_output, open_from_args, splits_for
+
+D = LotteryConfig()
+RUN_FILE = "run.yaml"
+RUN_FLAGS = ("--seed", "--device", "--threads")  # the search's other run flags do not apply
+OWN_FLAGS = ("prune_fraction", "scope", "keep_dense", "rewind_step", "controls")  # fixed once a run started
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "lottery", help="lottery tickets: train, prune, rewind the survivors, train again (and controls)",
+        description="Iterative magnitude pruning (Frankle & Carbin 2019; rewinding: Frankle et al. 2020). Round 0 "
+        "trains the model (random weights seeded with --seed, or --checkpoint); each of --rounds rounds then removes "
+        "--prune-fraction of the remaining conv/linear weights by magnitude, resets the survivors to their values at "
+        "optimizer step --rewind-step of round 0 (0 = initialisation), the pruned ones to zero, and trains again "
+        "(--epochs epochs, fresh optimizer, full cosine schedule). Units: sparsity = fraction of the prunable weights "
+        "REMOVED (after round r: 1 - (1 - P)^r); steps = optimizer steps (batches of --batch-size). Controls at every "
+        "round's sparsity: reinit (the ticket's mask, fresh random initialisation) and random_mask (a random mask "
+        "with the same per-layer counts, the ticket's rewound values). Writes OUT/rounds.csv (one row per round and "
+        "variant: sparsity, test top-1, ...), per training OUT/round<r>/<variant>/metrics.csv, and OUT/model.pt "
+        "(the last ticket). A killed run continues with --resume (--rounds may be raised then).")
+    add_model_arg(p)
+    add_flags(p, "model", "data", skip=("--exclude",))
+    add_flags(p, "train")
+    add_flags(p, "run", skip=tuple(f.name for f in FLAGS if f.section == "run" and f.name not in RUN_FLAGS))
+    g = p.add_argument_group("lottery options")
+    g.add_argument("--rounds", type=int, help=f"pruning rounds after the dense round 0 (default {D.rounds})")
+    g.add_argument("--prune-fraction", type=float, help="fraction of the REMAINING prunable weights removed per "
+                   f"round, in (0, 1) (default {D.prune_fraction})")
+    g.add_argument("--scope", choices=SCOPES, help="global: one magnitude threshold over all prunable layers; layer: "
+                   f"the fraction in every layer (default {D.scope})")
+    g.add_argument("--keep-dense", nargs="*", metavar="PATTERN", help="glob patterns of conv/linear layers never "
+                   "pruned and not counted in the sparsity (e.g. conv1 linear)")
+    g.add_argument("--rewind-step", type=int, help="optimizer step of round 0 whose values the survivors are reset "
+                   f"to; 0 = the initialisation (default {D.rewind_step})")
+    g.add_argument("--controls", nargs="*", choices=CONTROLS, help="controls trained at every round's sparsity "
+                   "(default none)")
+    p.add_argument("--out", default="results/lottery", help="output folder (default results/lottery)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (only --rounds, --device and "
+                   "--threads may be given with it)")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in a non-empty --out")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.set_defaults(func=run)
+
+
+def _settings_flags(args: argparse.Namespace) -> list[str]:
+    """The flags given that define a run's settings (refused with --resume)."""
+    given = [f.name for f in FLAGS
+             if (f.section in ("model", "data", "train") or f.name == "--seed") and getattr(args, dest(f), None) is not None]
+    given += ["--" + n.replace("_", "-") for n in OWN_FLAGS if getattr(args, n, None) is not None]
+    return given + (["MODEL"] if args.model else [])
+
+
+def _lottery_config(args: argparse.Namespace) -> LotteryConfig:
+    train = section(args, "train")
+    if args.seed is not None:
+        train = replace(train, seed=args.seed)
+    return replace(D, rounds=args.rounds, prune_fraction=args.prune_fraction, scope=args.scope,
+                   keep_dense=tuple(args.keep_dense) if args.keep_dense is not None else None,
+                   rewind_step=args.rewind_step, controls=tuple(args.controls) if args.controls is not None else None,
+                   seed=args.seed, train=train)
+
+
+def _clear(out: Path) -> None:
+    """Remove what an earlier lottery run wrote in ``out`` (for --overwrite); other files stay."""
+    for name in ("lottery.json", "rewind.pt", "rounds.csv", "model.pt", RUN_FILE):
+        (out / name).unlink(missing_ok=True)
+    for folder in out.glob("round*"):
+        if folder.is_dir() and folder.name[5:].isdigit():
+            shutil.rmtree(folder)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    saved = out / RUN_FILE
+    if args.resume:
+        given = [f for f in _settings_flags(args) if f != "--rounds"]
+        if given:
+            raise AmcError(f"with --resume the stored settings are used; drop {', '.join(given)}")
+        if not saved.is_file():
+            raise AmcError(f"nothing to resume in {out} (no {RUN_FILE})")
+        stored = yaml.safe_load(saved.read_text())
+        model_cfg = from_dict(ModelConfig, stored["model"], str(saved))
+        data_cfg = from_dict(DataConfig, stored["data"], str(saved))
+        cfg = replace(from_dict(LotteryConfig, stored["lottery"], str(saved)), rounds=args.rounds)
+    else:
+        model_cfg, data_cfg = section(args, "model"), section(args, "data")
+        cfg = _lottery_config(args)
+        check_output(out, inputs=(model_cfg.checkpoint,), overwrite=args.overwrite, folder=True)
+    validate(model_cfg, "model")
+    validate(data_cfg, "data")
+    check_config(cfg)
+    device = check_device(args.device)
+    torch.manual_seed(cfg.seed)
+    fresh = None  # compact (channel-pruned) checkpoints: PyTorch's default initialisation for the reinit control
+    if model_cfg.checkpoint:
+        model, spec, extras = open_from_args(args, model_cfg)
+        if not extras.get("channel_manifest"):
+            fresh = lambda: build_model(spec)  # noqa: E731
+    else:
+        if not model_cfg.name:
+            raise AmcError("give a model name (random initialisation seeded with --seed) or --checkpoint")
+        classes = model_cfg.num_classes or (100 if data_cfg.dataset == "cifar100" else 10)
+        spec = ModelSpec(model_cfg.name, classes, tuple(model_cfg.input_shape or default_input_shape(model_cfg.name)))
+        model = build_model(spec)
+        fresh = lambda: build_model(spec)  # noqa: E731
+    prunable_layers(model, cfg.keep_dense)  # a --keep-dense typo fails here, before any data is read
+    data = splits_for(data_cfg, spec, ("train", "search", "test"))
+    check_run(model, data["train"], cfg)  # before any file is written
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.resume:
+        if args.overwrite and out.is_dir():
+            _clear(out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(yaml.safe_dump({"model": to_dict(model_cfg), "data": to_dict(data_cfg),
+                                          "lottery": to_dict(cfg), "command": command_line()}, sort_keys=False), saved)
+    elif args.rounds is not None:
+        stored["lottery"]["rounds"] = cfg.rounds
+        atomic_write_text(yaml.safe_dump(stored, sort_keys=False), saved)
+    quiet = args.quiet
+
+    def log(line: str) -> None:
+        if not quiet or "epoch" not in line:
+            print(line, flush=True)
+
+    table = lottery_ticket(model, data["train"], normalization(data_cfg), cfg, out, test_set=data["test"],
+                           val_set=data["search"], fresh_init=fresh, resume=args.resume,
+                           device=device, log=log)
+    last = table[table.variant == "ticket"].iloc[-1]
+    weights = read_checkpoint(out / f"round{int(last['round'])}" / "ticket" / "weights.pt")
+    final = copy.deepcopy(model).cpu()
+    final.load_state_dict(weights["state_dict"])
+    save_model(out / "model.pt", final, spec, masks=weights["masks"], lottery=to_dict(cfg),
+               round=int(last["round"]), sparsity=float(last["sparsity"]))
+    rows = [{"round": int(r["round"]), "variant": r["variant"], "sparsity": f"{r['sparsity']:.4f}",
+             "test_top1": f"{r['test_top1']:.4f}"} for _, r in table.iterrows()]
+    print_table(rows, ["round", "variant", "sparsity", "test_top1"])
+    print(f"table: {out / 'rounds.csv'}  last ticket: {out / 'model.pt'}")
+    return 0
