@@ -43,8 +43,8 @@ class ModelConfig:
 class DataConfig:
     """Where the images are and how they are split.
 
-    dataset: ``cifar10`` | ``cifar100`` | ``folder`` | ``synthetic``. holdout: training images set
-    aside by a permutation seeded with ``split_seed`` and never trained on; the **search split**
+    dataset: ``cifar10`` | ``cifar100`` | ``folder`` | ``digits`` (shipped, ``amc/datasets``) |
+    ``synthetic``. holdout: training images set aside by a permutation seeded with ``split_seed`` and never trained on; the **search split**
     is the first ``search_images`` of them, so a model fine-tuned with the same holdout never saw
     the images that score policies. The rest of the training set is the *trained-on* part
     (calibration images are drawn from it). mean/std: normalisation of RGB in [0, 1].

@@ -1,9 +1,11 @@
 """Datasets held in memory as uint8 tensors, their train/search/test splits and batching.
 
 Readers: the CIFAR-10/100 python layout (``cifar-10-batches-py`` / ``cifar-100-python``), a folder
-of images with one subfolder per class (``folder``), and a seeded ``synthetic`` dataset for tests and
-the demo. Images are kept as ``uint8`` tensors of shape (N, C, H, W); normalisation
-``(x / 255 - mean) / std`` is applied per batch (or once, for evaluation tensors).
+of images with one subfolder per class (``folder``), the small real ``digits`` dataset that ships
+inside the package (:func:`read_digits`, used by the demo; source and licence in
+``amc/datasets/README.md``) and a seeded ``synthetic`` dataset for tests. Images are kept as
+``uint8`` tensors of shape (N, C, H, W); normalisation ``(x / 255 - mean) / std`` is applied per
+batch (or once, for evaluation tensors).
 
 AMC evaluates candidate policies on a ``search`` split held out from the *training* set, never on
 the test set: :func:`load_splits` sets a seeded *holdout* aside (never trained on); the search
@@ -12,6 +14,7 @@ split is its first ``search_images`` images; the rest of the training set is the
 """
 from __future__ import annotations
 
+import gzip
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,10 @@ from .config import DEFAULT_MEAN, DEFAULT_STD, DataConfig
 from .errors import AmcError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+DIGITS_FILE = Path(__file__).with_name("datasets") / "digits.csv.gz"
+DIGITS_TEST_IMAGES = 400  # the fixed test part carved out of the 1,797 digits (they have no official split)
+DIGITS_TEST_SEED = 0  # seeds that carve; independent of DataConfig.split_seed (which splits the training part)
 
 
 @dataclass
@@ -124,6 +131,40 @@ def read_image_folder(root: str | Path, image_size: int) -> ImageSet:
     return ImageSet(torch.stack(images), torch.tensor(labels), classes)
 
 
+def read_digits(split: str, image_size: int = 16) -> ImageSet:
+    """The bundled handwritten digits (UCI "Optical Recognition of Handwritten Digits", CC BY 4.0).
+
+    1,797 grayscale 8x8 images with pixel counts 0..16, 10 classes. They become RGB uint8 images
+    (0..16 scaled to 0..255, the gray value in all three channels) of ``image_size`` pixels squared
+    (bilinear resampling). ``split``: ``test`` is a fixed part of :data:`DIGITS_TEST_IMAGES` images
+    drawn by a permutation seeded with :data:`DIGITS_TEST_SEED`; ``train`` is the other 1,397
+    images. Both keep the file's order.
+    """
+    if split not in ("train", "test"):
+        raise AmcError(f"unknown split '{split}' of the digits (train or test)")
+    try:
+        with gzip.open(DIGITS_FILE, "rt") as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    except OSError as exc:
+        raise AmcError(f"cannot read the bundled digits file {DIGITS_FILE}: {exc}") from None
+    pixels = torch.from_numpy(table[:, :64].reshape(-1, 1, 8, 8)).float() * (255.0 / 16.0)
+    labels = torch.from_numpy(table[:, 64].copy())
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(DIGITS_TEST_SEED))
+    index = (perm[:DIGITS_TEST_IMAGES] if split == "test" else perm[DIGITS_TEST_IMAGES:]).sort().values
+    images = pixels[index]
+    if image_size != 8:
+        images = torch.nn.functional.interpolate(images, size=(image_size, image_size), mode="bilinear",
+                                                 align_corners=False)
+    images = images.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    return ImageSet(images, labels[index], [str(d) for d in range(10)])
+
+
+def channel_statistics(data: ImageSet) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of ``data``'s pixels in [0, 1] (for :attr:`DataConfig.mean` / ``std``)."""
+    x = data.images.float().div(255).transpose(0, 1).reshape(data.images.shape[1], -1)
+    return tuple(x.mean(1).tolist()), tuple(x.std(1).tolist())
+
+
 def synthetic_images(n: int, num_classes: int = 10, size: int = 32, seed: int = 0) -> ImageSet:
     """Learnable synthetic images: each class is a smooth random colour pattern plus per-image noise.
 
@@ -145,7 +186,7 @@ def synthetic_images(n: int, num_classes: int = 10, size: int = 32, seed: int = 
 def read_split(cfg: DataConfig, split: str, num_classes: int = 10, image_size: int = 32) -> ImageSet:
     """The raw ``train`` or ``test`` part of the configured dataset.
 
-    ``num_classes`` / ``image_size``: of the synthetic dataset (and folder images, unless
+    ``num_classes`` / ``image_size``: of the synthetic dataset (and folder and digits images, unless
     ``cfg.image_size`` is set), normally the model's.
     """
     size = cfg.image_size or image_size
@@ -155,10 +196,12 @@ def read_split(cfg: DataConfig, split: str, num_classes: int = 10, image_size: i
         if not cfg.data_dir:
             raise AmcError("dataset 'folder' needs --data-dir with train/ and test/ subfolders")
         return read_image_folder(Path(cfg.data_dir) / split, size)
+    if cfg.dataset == "digits":
+        return read_digits(split, size)
     if cfg.dataset == "synthetic":
         n = cfg.synthetic_size[0] if split == "train" else cfg.synthetic_size[1]
         return synthetic_images(n, num_classes, size, seed=0 if split == "train" else 1)
-    raise AmcError(f"unknown dataset '{cfg.dataset}' (choose cifar10, cifar100, folder or synthetic)")
+    raise AmcError(f"unknown dataset '{cfg.dataset}' (choose cifar10, cifar100, folder, digits or synthetic)")
 
 
 def split_indices(n: int, holdout: int, search_images: int, seed: int) -> dict[str, torch.Tensor]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from amc.cli import build_parser
 from amc.cli.args import BOOL, FLAGS, SECTIONS, run_values, section
@@ -194,9 +195,37 @@ def test_ctrl_c_stops_with_a_resume_command_and_the_run_resumes(tmp_path):
     assert pd.read_csv(out / "episodes.csv").episode.tolist() == list(range(1, 61))
 
 
-def test_demo_runs_offline_and_reuses_its_folder(tmp_path):
-    r = amc("demo", "--out", tmp_path / "demo", "--episodes", "3")
-    assert r.returncode == 0, r.stderr
-    assert "pruned:" in r.stdout and (tmp_path / "demo" / "compact.pt").is_file()
-    again = amc("demo", "--out", tmp_path / "demo", "--episodes", "3")
-    assert again.returncode == 0 and "reusing trained model" in again.stdout
+def test_demo_compares_at_one_budget_and_reuses_its_folder(tmp_path):
+    """A tiny demo (1 epoch, 3 episodes) in process, then the CLI on the same folder reuses model and search."""
+    from amc.errors import AmcError
+    from amc.policy import Policy
+    from amc_agents.demo import TARGET, run_demo
+
+    out = tmp_path / "demo"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the CLI does: the numbers below must equal the CLI's table
+    try:
+        r = run_demo(out, 3, epochs=1, agent="random")
+    finally:
+        torch.set_num_threads(threads)
+    dense, uniform, searched = (r.row(n) for n in ("dense", "uniform", "searched"))
+    assert [row.name for row in r.rows] == ["dense", "uniform", "searched"] and r.test_images == 400
+    for row in (uniform, searched):  # both pruned models within the same budget, and really smaller
+        assert row.macs <= TARGET * dense.macs and row.params < dense.params and 0 <= row.top1 <= 1
+    best = Policy.load(out / "search" / "best_policy.json")
+    assert best.metrics["top1"] == pytest.approx(searched.search_top1)  # the applied model is the one scored
+    assert best.data.dataset == "digits" and (out / "search" / "summary.md").is_file()
+    assert (out / "compact.pt").is_file() and (out / "uniform.pt").is_file()
+    again = amc("demo", "--out", out, "--episodes", "3", "--epochs", "1", "--agent", "random")
+    assert again.returncode == 0, again.stderr
+    assert "reusing trained model" in again.stdout and "continuing the AMC search" in again.stdout
+    assert len(pd.read_csv(out / "search" / "episodes.csv")) == 3  # the finished search was not run again
+    table = {line.split()[0]: line.split() for line in again.stdout.splitlines()
+             if line.split()[:1] in (["dense"], ["uniform"], ["searched"]) and line.endswith("%")}
+    assert float(table["searched"][-2].rstrip("%")) == pytest.approx(100 * searched.top1, abs=0.01)
+    assert float(table["uniform"][-2].rstrip("%")) == pytest.approx(100 * uniform.top1, abs=0.01)
+    older = tmp_path / "older"  # a folder of the earlier synthetic-image demo (its marker file is empty)
+    (older / "dense").mkdir(parents=True)
+    (older / ".amc-demo").touch()
+    with pytest.raises(AmcError, match="older amc demo"):
+        run_demo(older, 3, epochs=1)

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from amc.config import DataConfig
-from amc.data import augment_cifar, load_splits, read_cifar, read_image_folder, split_indices
+from amc.config import DataConfig, validate
+from amc.data import (DIGITS_FILE, DIGITS_TEST_IMAGES, ImageSet, augment_cifar, channel_statistics, load_splits,
+                      read_cifar, read_digits, read_image_folder, split_indices)
 from amc.errors import AmcError
 from amc.io import load_weights, open_model, read_checkpoint, save_model
 from amc.models import ModelSpec, build_model
@@ -104,6 +105,63 @@ def test_image_folder_reader(tmp_path):
     assert data.classes == ["cat", "dog"] and data.images.shape == (4, 3, 8, 8)
     assert data.images[0, 0].min() == 255 and data.images[2, 2].min() == 255
     assert data.labels.tolist() == [0, 0, 1, 1]
+
+
+def _counts(images: torch.Tensor) -> list[tuple]:
+    """uint8 8x8 images (first channel) back to rows of the file's counts 0..16."""
+    return [tuple(row) for row in ((images[:, 0].reshape(len(images), 64).double() * 16 / 255).round().int()).tolist()]
+
+
+def test_digits_are_the_bundled_real_images_with_a_fixed_test_part():
+    import gzip
+
+    with gzip.open(DIGITS_FILE, "rt") as f:
+        raw = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    assert raw.shape == (1797, 65) and raw[:, :64].max() == 16
+    train, test = read_digits("train", 8), read_digits("test", 8)
+    assert len(test) == DIGITS_TEST_IMAGES == 400 and len(train) == 1797 - 400
+    assert train.images.dtype == torch.uint8 and train.images.shape == (1397, 3, 8, 8)
+    assert torch.equal(train.images[:, 0], train.images[:, 2])  # gray in all three channels
+    assert int(train.images.max()) == 255 and int(train.images.min()) == 0  # 0..16 scaled to 0..255
+    # train and test together are exactly the file's images, each with its own label
+    both = torch.cat([train.images, test.images])
+    pairs = sorted(zip(_counts(both), torch.cat([train.labels, test.labels]).tolist()))
+    assert pairs == sorted(zip(map(tuple, raw[:, :64].tolist()), raw[:, 64].tolist()))
+    assert set(test.labels.tolist()) == set(range(10)) and train.classes == [str(d) for d in range(10)]
+    # deterministic, and resized for the model
+    again = read_digits("test", 16)
+    assert again.images.shape == (400, 3, 16, 16) and torch.equal(again.images, read_digits("test", 16).images)
+    assert torch.equal(again.labels, test.labels)
+    with pytest.raises(AmcError, match="unknown split"):
+        read_digits("search")
+
+
+def test_digits_through_load_splits():
+    cfg = validate(DataConfig("digits", holdout=300, search_images=200, split_seed=1))
+    s = load_splits(cfg, ("train", "holdout", "search", "test"), num_classes=10, image_size=16)
+    assert {k: len(v) for k, v in s.items()} == {"train": 1097, "holdout": 300, "search": 200, "test": 400}
+    assert all(v.images.shape[1:] == (3, 16, 16) for v in s.values())
+    assert torch.equal(s["test"].images, load_splits(DataConfig("digits", split_seed=2, holdout=10, search_images=5),
+                                                     ("test",), image_size=16)["test"].images)  # split_seed: train only
+    with pytest.raises(AmcError, match="labels up to 9 but the model has 5 outputs"):
+        load_splits(cfg, ("test",), num_classes=5, image_size=16)
+
+
+def test_digits_ship_with_the_package():
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["amc"]
+    assert DIGITS_FILE.stat().st_size < 100_000
+    assert any(DIGITS_FILE.match(g) for g in globs) and any((DIGITS_FILE.parent / "README.md").match(g) for g in globs)
+    assert "CC BY 4.0" in (DIGITS_FILE.parent / "README.md").read_text()
+
+
+def test_channel_statistics():
+    images = torch.tensor([[[[0]], [[255]]], [[[255]], [[255]]]], dtype=torch.uint8)  # 2 images, 2 channels, 1x1
+    mean, std = channel_statistics(ImageSet(images, torch.zeros(2), ["a"]))
+    assert mean == pytest.approx((0.5, 1.0)) and std == pytest.approx((0.5 ** 0.5, 0.0))
 
 
 def test_split_is_deterministic_and_disjoint():

@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import (AgentConfig, CalibrationConfig, DataConfig, EnvConfig, ModelConfig, PruneConfig, SearchConfig,
+from ..config import (DATASETS, AgentConfig, CalibrationConfig, DataConfig, EnvConfig, ModelConfig, PruneConfig, SearchConfig,
                       TrainConfig, replace)
 
 BOOL = "bool"  # --x / --no-x
@@ -35,8 +35,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--input-shape", "model", "input_shape", int, "one input's shape C H W (default: the model's)", nargs=3),
     Flag("--exclude", "model", "exclude", str, "glob patterns of layers whose channel groups stay unpruned", nargs="*"),
     # data
-    Flag("--dataset", "data", "dataset", str, "dataset kind (folder: DATA_DIR/train/<class>/*.png and DATA_DIR/test/...)",
-         choices=("cifar10", "cifar100", "folder", "synthetic")),
+    Flag("--dataset", "data", "dataset", str, "dataset kind (folder: DATA_DIR/train/<class>/*.png and DATA_DIR/test/...; "
+         "digits: the handwritten digits shipped in the package)", choices=DATASETS),
     Flag("--data-dir", "data", "data_dir", str, "cifar-10-batches-py (or its parent), cifar-100-python, or an image folder"),
     Flag("--holdout", "data", "holdout", int, "training images set aside, never trained on (default 5000)"),
     Flag("--search-images", "data", "search_images", int, "images of the holdout that score policies (default 2000)"),
