@@ -10,8 +10,8 @@ from ..config import DataConfig, ModelConfig, validate
 from ..errors import AmcError
 from ..data import ImageSet, load_splits, normalization
 from ..io import open_model
-from ..models import ModelSpec
-from .args import section
+from ..models import ModelSpec, build_model, default_input_shape
+from .args import FLAGS, dest, section
 
 
 def open_from_args(args: argparse.Namespace, model: ModelConfig | None = None):
@@ -19,6 +19,26 @@ def open_from_args(args: argparse.Namespace, model: ModelConfig | None = None):
     model = validate(model or section(args, "model"), "model")
     classes = model.num_classes or (100 if getattr(args, "dataset", None) == "cifar100" else None)
     return open_model(model.name, model.checkpoint, classes, model.input_shape)
+
+
+def checkpoint_or_fresh(args: argparse.Namespace, model_cfg: ModelConfig, data_cfg: DataConfig):
+    """(model, spec, extras): the ``--checkpoint``'s model, or a freshly initialised one (seed the RNG first)."""
+    if model_cfg.checkpoint:
+        return open_from_args(args, model_cfg)
+    if not model_cfg.name:
+        raise AmcError("give a model name (random initialisation seeded with --seed) or --checkpoint")
+    classes = model_cfg.num_classes or (100 if data_cfg.dataset == "cifar100" else 10)
+    spec = ModelSpec(model_cfg.name, classes, tuple(model_cfg.input_shape or default_input_shape(model_cfg.name)))
+    return build_model(spec), spec, {}
+
+
+def given_settings(args: argparse.Namespace, own_flags: tuple[str, ...]) -> list[str]:
+    """The flags given that define a training run's settings (model, data, train, --seed and ``own_flags``):
+    what ``--resume`` refuses, since the stored settings are used."""
+    given = [f.name for f in FLAGS
+             if (f.section in ("model", "data", "train") or f.name == "--seed") and getattr(args, dest(f), None) is not None]
+    given += ["--" + n.replace("_", "-") for n in own_flags if getattr(args, n, None) is not None]
+    return given + (["MODEL"] if args.model else [])
 
 
 def splits_for(data: DataConfig, spec: ModelSpec, names: tuple[str, ...]) -> dict[str, ImageSet]:

@@ -14,10 +14,10 @@ from ..data import normalization
 from ..errors import AmcError
 from ..io import atomic_write_text, read_checkpoint, save_model
 from ..lottery import CONTROLS, LotteryConfig, check_config, check_run, lottery_ticket
-from ..models import ModelSpec, build_model, default_input_shape
+from ..models import build_model
 from ..unstructured import SCOPES, prunable_layers
-from .args import FLAGS, add_flags, add_model_arg, command_line, dest, print_table, section
-from .common import check_device, check_output, open_from_args, splits_for
+from .args import FLAGS, add_flags, add_model_arg, command_line, print_table, section
+from .common import check_device, check_output, checkpoint_or_fresh, given_settings, splits_for
 
 D = LotteryConfig()
 RUN_FILE = "run.yaml"
@@ -62,14 +62,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _settings_flags(args: argparse.Namespace) -> list[str]:
-    """The flags given that define a run's settings (refused with --resume)."""
-    given = [f.name for f in FLAGS
-             if (f.section in ("model", "data", "train") or f.name == "--seed") and getattr(args, dest(f), None) is not None]
-    given += ["--" + n.replace("_", "-") for n in OWN_FLAGS if getattr(args, n, None) is not None]
-    return given + (["MODEL"] if args.model else [])
-
-
 def _lottery_config(args: argparse.Namespace) -> LotteryConfig:
     train = section(args, "train")
     if args.seed is not None:
@@ -93,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     saved = out / RUN_FILE
     if args.resume:
-        given = [f for f in _settings_flags(args) if f != "--rounds"]
+        given = [f for f in given_settings(args, OWN_FLAGS) if f != "--rounds"]
         if given:
             raise AmcError(f"with --resume the stored settings are used; drop {', '.join(given)}")
         if not saved.is_file():
@@ -111,18 +103,10 @@ def run(args: argparse.Namespace) -> int:
     check_config(cfg)
     device = check_device(args.device)
     torch.manual_seed(cfg.seed)
-    fresh = None  # compact (channel-pruned) checkpoints: PyTorch's default initialisation for the reinit control
-    if model_cfg.checkpoint:
-        model, spec, extras = open_from_args(args, model_cfg)
-        if not extras.get("channel_manifest"):
-            fresh = lambda: build_model(spec)  # noqa: E731
-    else:
-        if not model_cfg.name:
-            raise AmcError("give a model name (random initialisation seeded with --seed) or --checkpoint")
-        classes = model_cfg.num_classes or (100 if data_cfg.dataset == "cifar100" else 10)
-        spec = ModelSpec(model_cfg.name, classes, tuple(model_cfg.input_shape or default_input_shape(model_cfg.name)))
-        model = build_model(spec)
-        fresh = lambda: build_model(spec)  # noqa: E731
+    model, spec, extras = checkpoint_or_fresh(args, model_cfg, data_cfg)
+    # the reinit control's fresh initialisation: PyTorch's default one of the architecture (None for a compact
+    # channel-pruned checkpoint, whose shapes the registry does not build)
+    fresh = None if extras.get("channel_manifest") else (lambda: build_model(spec))
     prunable_layers(model, cfg.keep_dense)  # a --keep-dense typo fails here, before any data is read
     data = splits_for(data_cfg, spec, ("train", "search", "test"))
     check_run(model, data["train"], cfg)  # before any file is written

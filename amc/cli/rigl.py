@@ -13,11 +13,10 @@ from ..config import DataConfig, ModelConfig, from_dict, replace, to_dict, valid
 from ..data import normalization
 from ..errors import AmcError
 from ..io import atomic_write_text, save_model
-from ..models import ModelSpec, build_model, default_input_shape
 from ..rigl import INITIAL_MASKS, METHODS, SparseConfig, check_config, sparse_train
 from ..unstructured import prunable_layers
-from .args import FLAGS, add_flags, add_model_arg, command_line, dest, section
-from .common import check_device, check_output, open_from_args, splits_for
+from .args import FLAGS, add_flags, add_model_arg, command_line, section
+from .common import check_device, check_output, checkpoint_or_fresh, given_settings, splits_for
 
 D = SparseConfig()
 RUN_FILE = "run.yaml"
@@ -62,13 +61,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _given_settings(args: argparse.Namespace) -> list[str]:
-    given = [f.name for f in FLAGS
-             if (f.section in ("model", "data", "train") or f.name == "--seed") and getattr(args, dest(f), None) is not None]
-    given += ["--" + n.replace("_", "-") for n in OWN_FLAGS if getattr(args, n, None) is not None]
-    return given + (["MODEL"] if args.model else [])
-
-
 def _config(args: argparse.Namespace, model_cfg: ModelConfig) -> SparseConfig:
     train = section(args, "train")
     if args.seed is not None:
@@ -84,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     saved = out / RUN_FILE
     if args.resume:
-        given = _given_settings(args)
+        given = given_settings(args, OWN_FLAGS)
         if given:
             raise AmcError(f"with --resume the stored settings are used; drop {', '.join(given)}")
         if not saved.is_file():
@@ -102,14 +94,7 @@ def run(args: argparse.Namespace) -> int:
     check_config(cfg)
     device = check_device(args.device)
     torch.manual_seed(cfg.seed)
-    if model_cfg.checkpoint:
-        model, spec, _ = open_from_args(args, model_cfg)
-    else:
-        if not model_cfg.name:
-            raise AmcError("give a model name (random initialisation seeded with --seed) or --checkpoint")
-        classes = model_cfg.num_classes or (100 if data_cfg.dataset == "cifar100" else 10)
-        spec = ModelSpec(model_cfg.name, classes, tuple(model_cfg.input_shape or default_input_shape(model_cfg.name)))
-        model = build_model(spec)
+    model, spec, _ = checkpoint_or_fresh(args, model_cfg, data_cfg)
     if any(hasattr(m, "weight_orig") for m in model.modules()):
         raise AmcError("the model has torch.nn.utils.prune masks; fold them first (amc.prune.fold_masks)")
     prunable_layers(model, cfg.keep_dense)  # a --keep-dense typo fails here, before any data is read
