@@ -157,3 +157,7 @@ def test_a_second_search_of_the_same_model_and_data_reuses_the_cached_baseline(t
     assert a == b and (tmp_path / "b" / "uniform_policy.json").is_file()
     run_search(SearchConfig(**{**cfg.__dict__, "cache_dir": None}), tmp_path / "c")
     assert len(evaluated) == 5  # without a cache the baseline is scored again
+    (tmp_path / "file").write_text("")
+    with pytest.raises(AmcError, match="cache folder .* cannot be created"):
+        run_search(SearchConfig(**{**cfg.__dict__, "cache_dir": str(tmp_path / "file" / "sub")}), tmp_path / "d")
+    assert not (tmp_path / "d").exists()

@@ -182,6 +182,11 @@ def run_search(cfg: SearchConfig, folder: str | Path, *, resume: bool = False, p
     ``task``: a prebuilt task for ``cfg`` (else opened from the model and data configs).
     """
     validate(cfg)
+    if cfg.cache_dir:  # a cache that cannot be written fails now, not after the run folder exists
+        try:
+            Path(cfg.cache_dir).expanduser().mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AmcError(f"cache folder {cfg.cache_dir} cannot be created: {exc.strerror or exc}") from None
     if not resume:
         cfg = search_config_for(cfg)  # check the inputs (and that the budget is reachable) before the run folder is created
         if cfg.agent.algorithm in ("ddpg", "td3", "sac") and cfg.episodes <= cfg.agent.warmup_episodes:
