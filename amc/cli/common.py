@@ -11,7 +11,9 @@ from ..errors import AmcError
 from ..data import ImageSet, load_splits, normalization
 from ..io import open_model
 from ..models import ModelSpec, build_model, default_input_shape
-from .args import FLAGS, dest, section
+from .args import FLAGS, add_flags, add_model_arg, dest, section
+
+TRAINING_RUN_FLAGS = ("--seed", "--device", "--threads")  # the search's other run flags do not apply to trainings
 
 
 def open_from_args(args: argparse.Namespace, model: ModelConfig | None = None):
@@ -30,6 +32,14 @@ def checkpoint_or_fresh(args: argparse.Namespace, model_cfg: ModelConfig, data_c
     classes = model_cfg.num_classes or (100 if data_cfg.dataset == "cifar100" else 10)
     spec = ModelSpec(model_cfg.name, classes, tuple(model_cfg.input_shape or default_input_shape(model_cfg.name)))
     return build_model(spec), spec, {}
+
+
+def add_training_run_flags(p: argparse.ArgumentParser) -> None:
+    """MODEL, the model, data and train flags, and --seed/--device/--threads: what a training command reads."""
+    add_model_arg(p)
+    add_flags(p, "model", "data", skip=("--exclude",))
+    add_flags(p, "train")
+    add_flags(p, "run", skip=tuple(f.name for f in FLAGS if f.section == "run" and f.name not in TRAINING_RUN_FLAGS))
 
 
 def given_settings(args: argparse.Namespace, own_flags: tuple[str, ...]) -> list[str]:

@@ -16,12 +16,12 @@ from ..io import atomic_write_text, read_checkpoint, save_model
 from ..lottery import CONTROLS, LotteryConfig, check_config, check_run, lottery_ticket
 from ..models import build_model
 from ..unstructured import SCOPES, prunable_layers
-from .args import FLAGS, add_flags, add_model_arg, command_line, print_table, section
-from .common import check_device, check_output, checkpoint_or_fresh, given_settings, splits_for
+from .args import command_line, print_table, section
+from .common import (add_training_run_flags, check_device, check_output, checkpoint_or_fresh, given_settings,
+                     splits_for)
 
 D = LotteryConfig()
 RUN_FILE = "run.yaml"
-RUN_FLAGS = ("--seed", "--device", "--threads")  # the search's other run flags do not apply
 OWN_FLAGS = ("prune_fraction", "scope", "keep_dense", "rewind_step", "controls")  # fixed once a run started
 
 
@@ -38,10 +38,7 @@ def add_parser(sub) -> None:
         "with the same per-layer counts, the ticket's rewound values). Writes OUT/rounds.csv (one row per round and "
         "variant: sparsity, test top-1, ...), per training OUT/round<r>/<variant>/metrics.csv, and OUT/model.pt "
         "(the last ticket). A killed run continues with --resume (--rounds may be raised then).")
-    add_model_arg(p)
-    add_flags(p, "model", "data", skip=("--exclude",))
-    add_flags(p, "train")
-    add_flags(p, "run", skip=tuple(f.name for f in FLAGS if f.section == "run" and f.name not in RUN_FLAGS))
+    add_training_run_flags(p)
     g = p.add_argument_group("lottery options")
     g.add_argument("--rounds", type=int, help=f"pruning rounds after the dense round 0 (default {D.rounds})")
     g.add_argument("--prune-fraction", type=float, help="fraction of the REMAINING prunable weights removed per "

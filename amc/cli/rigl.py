@@ -15,12 +15,12 @@ from ..errors import AmcError
 from ..io import atomic_write_text, save_model
 from ..rigl import INITIAL_MASKS, METHODS, SparseConfig, check_config, sparse_train
 from ..unstructured import prunable_layers
-from .args import FLAGS, add_flags, add_model_arg, command_line, section
-from .common import check_device, check_output, checkpoint_or_fresh, given_settings, splits_for
+from .args import command_line, section
+from .common import (add_training_run_flags, check_device, check_output, checkpoint_or_fresh, given_settings,
+                     splits_for)
 
 D = SparseConfig()
 RUN_FILE = "run.yaml"
-RUN_FLAGS = ("--seed", "--device", "--threads")  # the search's other run flags do not apply
 OWN_FLAGS = ("method", "sparsity", "keep_dense", "initial_mask", "update_every", "drop_fraction", "end_fraction")
 
 
@@ -36,10 +36,7 @@ def add_parser(sub) -> None:
         "(rigl) or at random (set), starting at zero; static keeps the initial masks. Writes OUT/metrics.csv (per "
         "epoch: sparsity, test top-1), OUT/updates.csv (per mask update), OUT/model.pt (with its masks) and OUT/last.pt "
         "(continue with --resume).")
-    add_model_arg(p)
-    add_flags(p, "model", "data", skip=("--exclude",))
-    add_flags(p, "train")
-    add_flags(p, "run", skip=tuple(f.name for f in FLAGS if f.section == "run" and f.name not in RUN_FLAGS))
+    add_training_run_flags(p)
     g = p.add_argument_group("sparse training options")
     g.add_argument("--method", choices=METHODS, help=f"how masks change (default {D.method})")
     g.add_argument("--sparsity", type=float, help=f"fraction of the prunable weights removed, in [0, 1) (default "
