@@ -111,19 +111,42 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
 
 
 # ---------------------------------------------------------------- compact models
-def channel_manifest(model: nn.Module) -> dict[str, dict[str, int]]:
-    """Shapes of every conv, linear and BatchNorm module: enough to rebuild a compact model."""
-    return {name: kind.manifest(m) for name, m in model.named_modules() if (kind := kind_of(m)) is not None}
+def channel_manifest(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Shapes of every conv, linear, BatchNorm and LayerNorm module, and of the tensors held directly by
+    other modules (per-channel layer scales: ``{"shape": [...]}`` under their qualified name): enough to
+    rebuild a compact model."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, m in model.named_modules():
+        kind = kind_of(m)
+        if kind is not None:
+            out[name] = kind.manifest(m)
+            continue
+        for attr, tensor in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]:
+            out[f"{name}.{attr}" if name else attr] = {"shape": list(tensor.shape)}
+    return out
 
 
-def resize_to_manifest(model: nn.Module, manifest: Mapping[str, Mapping[str, int]]) -> nn.Module:
+def resize_to_manifest(model: nn.Module, manifest: Mapping[str, Mapping[str, Any]]) -> nn.Module:
     """Give ``model``'s modules the shapes in ``manifest`` (uninitialised values; load a state_dict next)."""
     modules = dict(model.named_modules())
-    unknown = [n for n in manifest if n not in modules or kind_of(modules[n]) is None]
+    tensors = {**dict(model.named_buffers()), **dict(model.named_parameters())}
+
+    def known(name: str, entry: Mapping[str, Any]) -> bool:
+        if "shape" in entry:
+            return name in tensors
+        return name in modules and kind_of(modules[name]) is not None
+
+    unknown = [n for n, entry in manifest.items() if not known(n, entry)]
     if unknown:
         raise AmcError(f"shape manifest names layers the model lacks: {', '.join(unknown[:5])}")
-    for name, shape in manifest.items():
-        kind_of(modules[name]).resize(modules[name], dict(shape))
+    for name, entry in manifest.items():
+        if "shape" not in entry:
+            kind_of(modules[name]).resize(modules[name], dict(entry))
+            continue
+        owner, _, attr = name.rpartition(".")
+        old, empty = tensors[name], torch.empty(*entry["shape"], dtype=tensors[name].dtype)
+        setattr(modules[owner], attr, nn.Parameter(empty, requires_grad=old.requires_grad)
+                if isinstance(old, nn.Parameter) else empty)
     return model
 
 

@@ -172,6 +172,53 @@ class ConvNeXtNet(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.down(s), 1), 1))
 
 
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision's LayerNorm2d: an nn.LayerNorm subclass (so fx traces through it) normalizing dim 1."""
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class CNBlock(nn.Module):
+    """torchvision's ConvNeXt block: its layer scale is a (C, 1, 1) parameter of the block, applied channels-first."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(dim, dim, 7, padding=3, groups=dim), Permute((0, 2, 3, 1)),
+                                   nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, 4 * dim), nn.GELU(),
+                                   nn.Linear(4 * dim, dim), Permute((0, 3, 1, 2)))
+        self.layer_scale = nn.Parameter(torch.rand(dim, 1, 1) + 0.5)
+
+    def forward(self, x):
+        return x + stochastic_depth(self.layer_scale * self.block(x), 0.1, self.training)
+
+
+class Permute(nn.Module):
+    def __init__(self, dims):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return torch.permute(x, self.dims)
+
+
+class TorchvisionConvNeXtNet(nn.Module):
+    """torchvision's ConvNeXt layout: conv + LayerNorm2d stem, two CNBlocks, LayerNorm2d + conv downsampling."""
+
+    def __init__(self, dim=8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, dim, 2, stride=2), LayerNorm2d(dim, eps=1e-6))
+        self.stage = nn.Sequential(CNBlock(dim), CNBlock(dim))
+        self.down = nn.Sequential(LayerNorm2d(dim, eps=1e-6), nn.Conv2d(dim, 2 * dim, 2, stride=2))
+        self.fc = nn.Linear(2 * dim, 5)
+
+    def forward(self, x):
+        x = self.down(self.stage(self.stem(x)))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
 def channel_shuffle(x, groups: int):
     """ShuffleNetV2's shuffle, written as torchvision writes it."""
     batchsize, num_channels, height, width = x.size()
@@ -270,5 +317,6 @@ class StochasticDepthNet(nn.Module):
 
 
 PATTERN_NETS = {"se": SENet, "se_linear": lambda: SENet(linear_se=True), "convnext": ConvNeXtNet,
+                "convnext_tv": TorchvisionConvNeXtNet,
                 "shuffle": ShuffleNet, "view_flatten": ViewFlattenNet, "grouped_concat": GroupedConcatNet,
                 "twice": TwiceNet, "stochastic_depth": StochasticDepthNet}

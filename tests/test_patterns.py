@@ -8,6 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from amc.calibration import CalibrationSet
 from amc.config import PruneConfig
+from amc.errors import AmcError
 from amc.cost import Budget, MacsCost, ParamsCost, check_costs, params
 from amc.prune import ChannelPruner, MaskPruner, PruningEngine
 from amc.selection import Selection
@@ -22,7 +23,8 @@ MODEL_OUTPUT = "model output"
 EXPECTED = {
     "se": ({"stem", "expand", "se.fc1", "head"}, {"fc": MODEL_OUTPUT}),
     "se_linear": ({"stem", "expand", "se.fc1", "head"}, {"fc": MODEL_OUTPUT}),
-    "convnext": ({"pwconv1", "down"}, {"stem": "LayerNorm 'norm' normalizes over the channels", "fc": MODEL_OUTPUT}),
+    "convnext": ({"stem", "pwconv1", "down"}, {"fc": MODEL_OUTPUT}),
+    "convnext_tv": ({"stem.0", "stage.0.block.3", "stage.1.block.3", "down.1"}, {"fc": MODEL_OUTPUT}),
     "shuffle": ({"b1", "head"}, {"stem": "channel shuffle", "b3": "channel shuffle", "fc": MODEL_OUTPUT}),
     "view_flatten": ({"c1", "c2"}, {"fc": MODEL_OUTPUT}),
     "grouped_concat": ({"g", "c"}, {"a": "grouped conv 'g' reads a concatenation",
@@ -58,15 +60,21 @@ def test_prunable_groups_and_reasons(name):
 
 @pytest.mark.parametrize("name", list(PATTERN_NETS))
 def test_compact_matches_masked_and_costs_match_the_flop_counter(name):
+    """Where no LayerNorm normalizes a pruned group, the compact model computes what the masked one does."""
     model = _net(name)
     graph = trace(model, SHAPE)
     kept = random_kept(graph)
-    selection = Selection(kept)
-    small = ChannelPruner(graph).apply(model, selection)
+    normalized = {g for g in kept if any(graph.layer[f].kind.name == "layernorm" for f in graph.group[g].followers)}
+    if normalized:
+        with pytest.raises(AmcError, match="LayerNorm"):
+            MaskPruner(graph).masks(Selection(kept))
+    maskable = Selection({g: idx for g, idx in kept.items() if g not in normalized})
+    small = ChannelPruner(graph).apply(model, maskable)
     x = torch.randn(4, *SHAPE)
     with torch.no_grad():
-        ref, out = MaskPruner(graph).apply(model, selection)(x), small(x)
+        ref, out = MaskPruner(graph).apply(model, maskable)(x), small(x)
     assert (out - ref).abs().max() <= 1e-5 * ref.abs().max() + 1e-5
+    small = ChannelPruner(graph).apply(model, Selection(kept))
     keep = {n: len(i) for n, i in kept.items()}
     for m, k in ((model, None), (small, keep)):
         assert _flop_macs(m) == MacsCost().cost(graph, k) == MacsCost().measure(m, SHAPE)
@@ -88,7 +96,8 @@ def test_convnext_linears_over_channels_last_are_counted_per_position():
     pw1 = graph.layer["pwconv1"]
     assert pw1.kind.name == "linear" and pw1.out_hw == (4, 4)
     assert MacsCost().layer_cost(graph, pw1) == 16 * 64 * 4 * 4
-    assert graph.layer["norm"].kind.name == "layernorm" and graph.fixed_params == 16  # gamma
+    assert graph.layer["norm"].kind.name == "layernorm" and graph.layer["gamma"].kind.name == "parameter"
+    assert graph.fixed_params == 0  # gamma is sliced with the stream's channels
     assert graph.group["pwconv1"].consumers == ["pwconv2"]
 
 
@@ -106,6 +115,53 @@ def test_convnext_uniform_budget_with_reconstruction():
     with torch.no_grad():
         ref = model(x)
         assert (recon_model(x) - ref).pow(2).mean() <= (plain_model(x) - ref).pow(2).mean()
+
+
+def _convnext_by_hand(model, kept, x):
+    """ConvNeXtNet's forward with the dense weights restricted to the kept channels, written out op by op."""
+    s, h, d = kept["stem"], kept["pwconv1"], kept["down"]
+    F = nn.functional
+    y = F.conv2d(x, model.stem.weight[s], model.stem.bias[s], stride=2)
+    z = F.conv2d(y, model.dwconv.weight[s], model.dwconv.bias[s], padding=3, groups=len(s)).permute(0, 2, 3, 1)
+    z = F.layer_norm(z, (len(s),), model.norm.weight[s], model.norm.bias[s], model.norm.eps)
+    z = F.gelu(F.linear(z, model.pwconv1.weight[h][:, s], model.pwconv1.bias[h]))
+    z = model.gamma[s] * F.linear(z, model.pwconv2.weight[s][:, h], model.pwconv2.bias[s])
+    y = F.conv2d(y + z.permute(0, 3, 1, 2), model.down.weight[d][:, s], model.down.bias[d], stride=2)
+    return F.linear(F.adaptive_avg_pool2d(y, 1).flatten(1), model.fc.weight[:, d], model.fc.bias)
+
+
+def test_convnext_stream_prunes_its_layernorm_and_layer_scale_like_a_hand_written_slice():
+    """Removing stream channels slices the LayerNorm (its statistics then run over the kept channels) and gamma."""
+    model = _net("convnext")
+    graph = trace(model, SHAPE)
+    assert graph.group["stem"].followers == ["dwconv", "norm", "gamma"]
+    kept = random_kept(graph, frac=0.5, seed=3)
+    small = ChannelPruner(graph).apply(model, Selection(kept))
+    assert small.norm.normalized_shape == (8,) and small.gamma.shape == (8,)
+    x = torch.randn(4, *SHAPE)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), _convnext_by_hand(model, kept, x))
+
+
+def test_torchvision_style_convnext_is_pruned_and_rebuilt_from_its_manifest():
+    """LayerNorm2d (functional layer_norm on a module's weight) and (C, 1, 1) layer scales owned by a block:
+    sliced with the stream, and a compact model rebuilt from the shape manifest computes the same."""
+    from amc.io import channel_manifest, resize_to_manifest
+
+    model = _net("convnext_tv")
+    graph = trace(model, SHAPE)
+    assert {f: graph.layer[f].kind.name for f in graph.group["stem.0"].followers if "block.0" not in f} == {
+        "stem.1": "layernorm", "stage.0.block.2": "layernorm", "stage.0.layer_scale": "parameter",
+        "stage.1.block.2": "layernorm", "stage.1.layer_scale": "parameter", "down.0": "layernorm"}
+    kept = random_kept(graph, frac=0.5, seed=1)
+    small = ChannelPruner(graph).apply(model, Selection(kept))
+    assert small.stage[1].layer_scale.shape == (4, 1, 1) and small.down[0].weight.shape == (4,)
+    torch.testing.assert_close(small.stage[1].layer_scale, model.stage[1].layer_scale[kept["stem.0"]])
+    rebuilt = resize_to_manifest(_net("convnext_tv"), channel_manifest(small))
+    rebuilt.load_state_dict(small.state_dict())
+    x = torch.randn(2, *SHAPE)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(x), small(x))
 
 
 def test_module_called_twice_counts_macs_twice_and_params_once():

@@ -10,8 +10,9 @@ from ..structure import DependencyGraph
 
 
 class ChannelPruner:
-    """Prunes by slicing every conv, linear and BatchNorm a group touches (producers' outputs,
-    followers' channels, consumers' inputs) on a deep copy; the input model is never modified.
+    """Prunes by slicing every layer a group touches (producers' outputs, followers' channels, consumers'
+    inputs: convs, linears, BatchNorms, LayerNorms, per-channel tensors) on a deep copy; the input model is
+    never modified.
 
     Only ``selection.kept`` is used (weight masks are :class:`~amc.prune.mask.MaskPruner`'s).
     """
@@ -29,5 +30,5 @@ class ChannelPruner:
         for layer in self.graph.layers:
             in_idx = self.graph.feature_index(layer.in_layout, kept)
             out_idx = self.graph.feature_index(layer.out_layout, kept)
-            layer.kind.slice(modules[layer.name], in_idx, out_idx)
+            layer.kind.slice(modules[layer.kind.module_name(layer.name)], in_idx, out_idx)
         return small

@@ -5,7 +5,8 @@ what ``torch.nn.utils.prune`` users expect: each masked layer has ``weight_orig`
 ``weight_mask`` (a buffer) and computes ``weight = weight_orig * weight_mask`` before every
 forward pass, so pruned weights stay exactly zero through training. :func:`fold_masks` makes them
 permanent (``prune.remove``). Channel selections become masks on the consumers' input weights
-(the compact model's function with the dense shapes); weight selections are used as given.
+(the compact model's function with the dense shapes, except under a LayerNorm over the channels: refused);
+weight selections are used as given.
 """
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from ..errors import AmcError
 from ..selection import Selection
 from ..structure import DependencyGraph
+from ..structure.layers import LAYERNORM
 
 
 class MaskPruner:
@@ -32,6 +35,13 @@ class MaskPruner:
         selection.validate(self.graph)
         out = {name: mask.bool() for name, mask in selection.masks.items()}
         kept = selection.sorted().kept
+        for name, idx in kept.items():
+            group = self.graph.group[name]
+            norms = [f for f in group.followers if self.graph.layer[f].kind is LAYERNORM]
+            if norms and len(idx) < group.channels:
+                raise AmcError(f"channel masks cannot stand for removing channels of group '{name}': LayerNorm "
+                               f"'{norms[0]}' normalizes over them, so the compact model differs; prune them "
+                               f"physically (ChannelPruner) instead")
         for layer in self.graph.layers:
             if layer.kind.role != "producer" or not any(s.group in kept for s in layer.in_layout):
                 continue

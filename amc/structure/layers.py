@@ -9,9 +9,10 @@ adapter of a module; adding a layer type means adding one adapter here and one c
 Kinds: ``conv`` (Conv2d, groups=1), ``grouped`` (1 < groups, sliced keeping equal counts per conv
 group), ``depthwise`` (groups = in = out channels: a follower of its input's channels), ``linear``
 (also over the last dim of an N-d tensor, e.g. channels-last (N, H, W, C): its MACs count every
-position), ``bn`` (BatchNorm1d/2d, a follower) and ``layernorm`` (LayerNorm over one dim, a follower
-whose weight and bias are sliced). *Producers* create channels (conv, grouped, linear); *followers*
-act per channel of their input (depthwise, bn, layernorm).
+position), ``bn`` (BatchNorm1d/2d, a follower), ``layernorm`` (LayerNorm over one dim, a follower
+whose weight and bias are sliced) and ``parameter`` (a per-channel tensor in an elementwise op, e.g. a
+layer scale; one adapter per tensor, not a module type). *Producers* create channels (conv, grouped,
+linear); *followers* act per channel of their input (depthwise, bn, layernorm, parameter).
 """
 from __future__ import annotations
 
@@ -85,6 +86,14 @@ class LayerKind:
     def input_columns(self, m: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The layer's input as (N, features, positions): im2col patches (channel major) for convs."""
         raise NotImplementedError
+
+    def owned(self, m: nn.Module) -> list[torch.Tensor]:
+        """The tensors of ``m`` this layer accounts for (the rest of the model's are fixed parameters)."""
+        return list(m.parameters(recurse=False))
+
+    def module_name(self, layer_name: str) -> str:
+        """Qualified name of the module a layer of this kind named ``layer_name`` lives in."""
+        return layer_name
 
     def manifest(self, m: nn.Module) -> dict[str, int]:
         raise NotImplementedError
@@ -236,8 +245,9 @@ class BatchNorm(LayerKind):
 class LayerNorm(LayerKind):
     """LayerNorm over the channel dim (channels-last): weight and bias are sliced like BatchNorm's.
 
-    It normalizes over the channels, so removing channels changes its statistics: the tracer
-    pins the groups it normalizes; the adapter is here for counting, manifests and slicing.
+    It normalizes over the channels, so removing channels also changes the statistics the kept
+    channels are normalized with (as in Torch-Pruning): the compact model is not the masked one,
+    and :class:`~amc.prune.MaskPruner` refuses to mask channels a LayerNorm normalizes.
     """
 
     name = "layernorm"
@@ -264,6 +274,43 @@ class LayerNorm(LayerKind):
         for attr in ("weight", "bias"):
             if getattr(m, attr) is not None:
                 setattr(m, attr, nn.Parameter(torch.empty(n)))
+
+
+class ChannelParameter(LayerKind):
+    """A parameter or buffer broadcast per channel in an elementwise op (ConvNeXt's layer scale ``gamma * x``).
+
+    One adapter per tensor: ``attr`` is its attribute on the module named ``owner`` ("" for the model
+    itself), ``axis`` the dim of the tensor that runs over the channels (e.g. 0 for a (C, 1, 1) scale).
+    The layer is named by the tensor's qualified name (``features.1.0.layer_scale``). A follower: its values are
+    sliced with the channels; it has no MACs (elementwise ops are not counted, as in FlopCounterMode).
+    """
+
+    name = "parameter"
+    role = "follower"
+
+    def __init__(self, owner: str, attr: str, axis: int):
+        self.owner, self.attr, self.axis = owner, attr, axis
+
+    def module_name(self, layer_name):
+        return self.owner
+
+    def tensor(self, m: nn.Module) -> torch.Tensor:
+        return getattr(m, self.attr)
+
+    def owned(self, m: nn.Module) -> list[torch.Tensor]:
+        return [self.tensor(m)]
+
+    def dense_widths(self, m):
+        c = self.tensor(m).shape[self.axis]
+        return c, c
+
+    def params(self, m, c_in, c_out):
+        t = self.tensor(m)
+        return t.numel() // t.shape[self.axis] * c_in if isinstance(t, nn.Parameter) else 0
+
+    def slice(self, m, in_idx, out_idx):
+        t = self.tensor(m)
+        _set(m, self.attr, _take(t, self.axis, in_idx), parameter=isinstance(t, nn.Parameter))
 
 
 CONV, GROUPED, DEPTHWISE, LINEAR, BATCHNORM, LAYERNORM = Conv(), Grouped(), Depthwise(), Linear(), BatchNorm(), LayerNorm()

@@ -4,7 +4,10 @@ The model is traced with an example input; every tensor with a channel dimension
 last dim of a channels-last tensor made by ``permute(0, 2, 3, 1)``) gets a layout of *channel
 spaces* (one normally, several after ``torch.cat``; each channel may span ``mult`` features after
 flattening). Layers that only act per channel (BatchNorm, activations, dropout and stochastic depth,
-pooling, depthwise convs, spatial slicing) pass the layout through; elementwise ops merge the spaces
+pooling, depthwise convs, spatial slicing, a LayerNorm over the channels of a channels-last tensor --
+module or ``F.layer_norm`` with a LayerNorm module's weight, torchvision's LayerNorm2d --, elementwise
+ops with a per-channel parameter such as ConvNeXt's layer scale) pass the layout through, the
+LayerNorms and parameters as *follower* layers sliced with the channels; elementwise ops merge the spaces
 of their operands (union-find): residual additions, and broadcasts where one side is per channel
 (N, C, 1, 1), e.g. squeeze-and-excitation gates, whose excite conv thereby becomes a producer of
 the gated channels. A conv or linear with ``groups=1`` consumes its input layout and produces a
@@ -19,10 +22,10 @@ them, the sizes being constants of the code. ``x.size()`` / ``x.shape`` may size
 A group is *prunable* unless something it touches cannot be sliced, and the reason is recorded
 instead of raising: the model's input or output, an op the analysis does not know, channel padding
 (the option-A shortcut of CIFAR ResNets), a module called twice, a channel shuffle (view, transpose,
-view: a permutation across blocks), a LayerNorm over the channels (removing channels changes its
-statistics), a per-channel constant (layer scale), or the user's ``exclude`` patterns. Every conv,
-linear, BatchNorm and LayerNorm call is recorded as a layer, also when it cannot be sliced (its
-groups are then pinned), so cost accounting always covers the whole model.
+view: a permutation across blocks), a per-channel tensor that is not a parameter or buffer (computed
+in the forward pass), or the user's ``exclude`` patterns. Every conv, linear, BatchNorm and LayerNorm
+call is recorded as a layer, also when it cannot be sliced (its groups are then pinned), so cost
+accounting always covers the whole model.
 
 The union-find's integer space ids are private to this module: :func:`trace` returns a
 :class:`~amc.structure.graph.DependencyGraph` whose layouts and groups are keyed by group name.
@@ -42,7 +45,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import AmcError
 from .graph import ChannelGroup, DependencyGraph, Layer, Segment
-from .layers import BATCHNORM, CONV, DEPTHWISE, GROUPED, LAYERNORM, LINEAR, LayerKind
+from .layers import BATCHNORM, CONV, DEPTHWISE, GROUPED, LAYERNORM, LINEAR, ChannelParameter, LayerKind
 
 ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid,
                        nn.Sigmoid, nn.Tanh, nn.Mish, nn.Hardtanh, nn.Softplus, nn.Dropout, nn.Dropout1d,
@@ -169,6 +172,7 @@ class _Tracer:
         self._mixed: dict[fx.Node, str] = {}  # tensors inside a channel shuffle -> the reason
         self._sizes: set[fx.Node] = set()  # values computed from tensor sizes (x.size(), x.shape)
         self._calls: dict[str, int] = {}
+        self._tensors: dict[str, torch.Tensor] = {}  # parameters and buffers by qualified name
         self.fixed_params = 0
         self._trace(model)
 
@@ -184,6 +188,8 @@ class _Tracer:
         finally:
             model.train(was_training)
         device = next(model.parameters()).device
+        self._tensors = {**dict(model.named_buffers()), **dict(model.named_parameters())}
+        self._modules = dict(model.named_modules())
         with torch.no_grad():
             try:
                 gm.eval()
@@ -193,7 +199,7 @@ class _Tracer:
                 raise AmcError(f"model does not run on input shape {self.input_shape}: {first}") from None
         for node in gm.graph.nodes:
             self._visit(node, gm)
-        in_layers = {id(p) for layer in self.layers for p in layer.module.parameters(recurse=False)}
+        in_layers = {id(p) for layer in self.layers for p in layer.kind.owned(layer.module)}
         self.fixed_params = sum(p.numel() for p in model.parameters() if id(p) not in in_layers)
         for name, count in self._calls.items():
             if count > 1:
@@ -279,7 +285,10 @@ class _Tracer:
 
     # ------------------------------------------------------------ modules
     def _call(self, node: fx.Node) -> tuple[str, int]:
-        name = str(node.target)
+        return self._count(str(node.target))
+
+    def _count(self, name: str) -> tuple[str, int]:
+        """(name, how many times the module or tensor ``name`` has been used so far, this use included)."""
         self._calls[name] = self._calls.get(name, 0) + 1
         return name, self._calls[name]
 
@@ -369,12 +378,10 @@ class _Tracer:
 
     def _layer_norm(self, node: fx.Node, name: str, call: int, module: nn.LayerNorm, args: list[fx.Node],
                     x: _Layout) -> _Layout | None:
-        """LayerNorm over the channels of a channels-last tensor: a follower that pins what it normalizes."""
+        """LayerNorm over the channels of a channels-last tensor: a follower (its weight and bias are sliced)."""
         last = bool(args) and args[0] in self._last
         if len(module.normalized_shape) == 1 and last \
                 and _features(x) == module.normalized_shape[0] and _same_shape(node):
-            self._block([x], f"LayerNorm '{name}' normalizes over the channels (removing channels changes "
-                             f"its statistics)")
             self.layers.append(_Layer(name, module, LAYERNORM, x, x, _positions(_shape(node)),
                                       _positions(_shape(node)), call))
             self._last.add(node)
@@ -512,9 +519,8 @@ class _Tracer:
             layout = inputs[0]
         elif fname in ARITHMETIC:
             layout = self._arithmetic(node, args, inputs, channel_dim=-1)
-        elif fname == "layer_norm":
-            self._block(inputs, "layer_norm normalizes over the channels (removing channels changes its statistics)")
-            layout = inputs[0] if _same_shape(node) else None
+        elif fname == "layer_norm" and len(inputs) == 1 and _same_shape(node):
+            layout = self._functional_layer_norm(node, inputs[0])
         else:
             layout = None
         if layout is None:
@@ -523,10 +529,57 @@ class _Tracer:
             self._last.add(node)
         return layout
 
+    def _functional_layer_norm(self, node: fx.Node, x: _Layout) -> _Layout | None:
+        """``F.layer_norm`` over the channels of a channels-last tensor (e.g. torchvision's LayerNorm2d).
+
+        Its weight and bias must be those of an ``nn.LayerNorm`` module (then it is that module's layer) or
+        absent; weights from anywhere else cannot be sliced and pin the channels.
+        """
+        shape = node.args[1] if len(node.args) > 1 else node.kwargs.get("normalized_shape")
+        weight = node.args[2] if len(node.args) > 2 else node.kwargs.get("weight")
+        if not isinstance(shape, (tuple, list)) or list(shape) != [_features(x)]:
+            self._block([x], f"layer_norm over {shape} is not over the channels")
+            return x
+        if weight is None:
+            return x  # no parameters: normalizes the channels that are kept
+        owner = str(weight.target).rpartition(".")[0] if isinstance(weight, fx.Node) and weight.op == "get_attr" \
+            else None
+        module = self._modules.get(owner) if owner is not None else None
+        if not isinstance(module, nn.LayerNorm) or weight.target != (f"{owner}.weight" if owner else "weight"):
+            self._block([x], f"layer_norm '{node.name}' with a weight that is not a LayerNorm module's")
+            return x
+        name, call = self._count(owner)
+        self.layers.append(_Layer(name, module, LAYERNORM, x, x, _positions(_shape(node)), _positions(_shape(node)),
+                                  call))
+        return x
+
+    def _channel_parameter(self, node: fx.Node, args: list[fx.Node], inputs: list[_Layout],
+                           channel_dim: int) -> _Layout | None:
+        """``x * gamma`` (or +, -, /) with a parameter or buffer that is per channel: a follower layer slicing it."""
+        if len(inputs) != 1 or _shape(args[0]) != _shape(node) or any(s.mult != 1 for s in inputs[0]):
+            return None
+        others = [a for a in node.args if isinstance(a, fx.Node) and a not in self._layouts]
+        if len(others) != 1 or others[0].op != "get_attr" or str(others[0].target) not in self._tensors:
+            return None
+        target, out_shape = str(others[0].target), _shape(node)
+        shape = tuple(self._tensors[target].shape)
+        axis = channel_dim % len(out_shape) - len(out_shape) + len(shape)  # right-aligned broadcast
+        if not (0 <= axis < len(shape)) or shape[axis] != _features(inputs[0]) \
+                or any(d != 1 for i, d in enumerate(shape) if i != axis):
+            return None
+        owner, _, attr = target.rpartition(".")
+        name, call = self._count(target)
+        self.layers.append(_Layer(name, self._modules[owner], ChannelParameter(owner, attr, axis), inputs[0], inputs[0],
+                                  call=call))
+        return inputs[0]
+
     def _arithmetic(self, node: fx.Node, args: list[fx.Node], inputs: list[_Layout],
                     channel_dim: int = 1) -> _Layout | None:
         """Elementwise ops: operands share channels; one side may broadcast (per channel or per position)."""
         fname, out_shape = _name_of(node), _shape(node)
+        scaled = self._channel_parameter(node, args, inputs, channel_dim)
+        if scaled is not None:
+            return scaled
         constant = self._constant_operand(node, channel_dim)
         if constant is not None:  # the layout still flows through; its channels cannot be removed
             self._block(inputs, constant)
