@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .errors import AmcError
-from .models import ModelSpec, build_model, default_input_shape
+from .models import ModelSpec, build_model, default_input_shape, default_num_classes
 from .structure.layers import kind_of
 
 STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "net")
@@ -163,7 +163,7 @@ def open_model(name: str | None, checkpoint: str | Path | None = None, num_class
         if name and name != spec.name:
             raise AmcError(f"checkpoint {checkpoint} holds a '{spec.name}' model, not '{name}'")
     elif name:
-        classes = num_classes or _classes_in(ckpt.get("state_dict", {})) or 10
+        classes = num_classes or _classes_in(ckpt.get("state_dict", {})) or default_num_classes(name)
         spec = ModelSpec(name, classes, tuple(input_shape or default_input_shape(name)))
     else:
         raise AmcError("give a model name (e.g. resnet20) or an amc checkpoint that records one")

@@ -320,3 +320,9 @@ PATTERN_NETS = {"se": SENet, "se_linear": lambda: SENet(linear_se=True), "convne
                 "convnext_tv": TorchvisionConvNeXtNet,
                 "shuffle": ShuffleNet, "view_flatten": ViewFlattenNet, "grouped_concat": GroupedConcatNet,
                 "twice": TwiceNet, "stochastic_depth": StochasticDepthNet}
+
+
+def seven_class_factory(num_classes: int = 7, width: int = 4) -> nn.Module:
+    """A user's ``package.module:factory`` whose own default is 7 classes (tests/test_models_data.py)."""
+    return nn.Sequential(nn.Conv2d(3, width, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(width, num_classes))

@@ -27,6 +27,18 @@ def test_other_models_run(name, shape):
     assert model(torch.zeros(1, 3, shape, shape)).shape == (1, 7)
 
 
+@pytest.mark.parametrize("name,classes", [("resnet20", 10), ("mobilenet_v2_imagenet", 1000),
+                                          ("torchvision:resnet18", 1000), ("tests.nets:seven_class_factory", 7)])
+def test_class_count_defaults_to_the_architectures_own(name, classes):
+    """Without --num-classes or a checkpoint, an ImageNet model gets 1000 classes and a factory its own default."""
+    from amc.models import default_num_classes
+
+    assert default_num_classes(name) == classes
+    if not name.startswith("torchvision:"):
+        model, spec, _ = open_model(name, input_shape=(3, 32, 32))
+        assert spec.num_classes == classes and model(torch.zeros(1, 3, 32, 32)).shape == (1, classes)
+
+
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(AmcError, match="unknown model 'resnet21'"):
         build_model(ModelSpec("resnet21"))

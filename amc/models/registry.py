@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import inspect
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Callable
@@ -56,6 +57,18 @@ def default_input_shape(name: str) -> tuple[int, int, int]:
     if name in BUILTIN:
         return BUILTIN[name][1]
     return (3, 224, 224) if name.startswith("torchvision:") else (3, 32, 32)
+
+
+def default_num_classes(name: str) -> int:
+    """Classifier outputs when neither the user nor a checkpoint says: 1000 for ImageNet architectures
+    (``*_imagenet``, ``torchvision:NAME``), a factory's own ``num_classes`` default, else 10 (CIFAR-10)."""
+    if name.endswith("_imagenet") or name.startswith("torchvision:"):
+        return 1000
+    if name not in BUILTIN and ":" in name:
+        default = inspect.signature(_import_factory(name)).parameters.get("num_classes")
+        if default is not None and isinstance(default.default, int):
+            return default.default
+    return 10
 
 
 def _import_factory(path: str) -> Callable[..., nn.Module]:
