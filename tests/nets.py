@@ -250,6 +250,28 @@ class ShuffleNet(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(torch.relu(self.head(y)), 1), 1))
 
 
+class ShuffleV1Net(nn.Module):
+    """A ShuffleNet V1 unit: grouped 1x1 conv, channel shuffle, depthwise 3x3, grouped 1x1 conv, residual."""
+
+    def __init__(self, channels=8, mid=12, groups=2):
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels, 3, padding=1)
+        self.g1 = nn.Conv2d(channels, mid, 1, groups=groups)
+        self.g1_bn = nn.BatchNorm2d(mid)
+        self.dw = nn.Conv2d(mid, mid, 3, padding=1, groups=mid)
+        self.dw_bn = nn.BatchNorm2d(mid)
+        self.g2 = nn.Conv2d(mid, channels, 1, groups=groups)
+        self.g2_bn = nn.BatchNorm2d(channels)
+        self.fc = nn.Linear(channels, 5)
+        self.groups = groups
+
+    def forward(self, x):
+        s = torch.relu(self.stem(x))
+        y = channel_shuffle(torch.relu(self.g1_bn(self.g1(s))), self.groups)
+        y = self.g2_bn(self.g2(self.dw_bn(self.dw(y))))
+        return self.fc(torch.relu(s + y).mean((2, 3)))
+
+
 class ViewFlattenNet(nn.Module):
     """The hand-written flatten x.view(x.size(0), -1) before a classifier, behind a dropout."""
 
@@ -318,7 +340,7 @@ class StochasticDepthNet(nn.Module):
 
 PATTERN_NETS = {"se": SENet, "se_linear": lambda: SENet(linear_se=True), "convnext": ConvNeXtNet,
                 "convnext_tv": TorchvisionConvNeXtNet,
-                "shuffle": ShuffleNet, "view_flatten": ViewFlattenNet, "grouped_concat": GroupedConcatNet,
+                "shuffle": ShuffleNet, "shuffle_v1": ShuffleV1Net, "view_flatten": ViewFlattenNet, "grouped_concat": GroupedConcatNet,
                 "twice": TwiceNet, "stochastic_depth": StochasticDepthNet}
 
 

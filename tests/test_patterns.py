@@ -25,7 +25,8 @@ EXPECTED = {
     "se_linear": ({"stem", "expand", "se.fc1", "head"}, {"fc": MODEL_OUTPUT}),
     "convnext": ({"stem", "pwconv1", "down"}, {"fc": MODEL_OUTPUT}),
     "convnext_tv": ({"stem.0", "stage.0.block.3", "stage.1.block.3", "down.1"}, {"fc": MODEL_OUTPUT}),
-    "shuffle": ({"b1", "head"}, {"stem": "channel shuffle", "b3": "channel shuffle", "fc": MODEL_OUTPUT}),
+    "shuffle": ({"stem", "b1", "head"}, {"fc": MODEL_OUTPUT}),
+    "shuffle_v1": ({"stem", "g1"}, {"fc": MODEL_OUTPUT}),
     "view_flatten": ({"c1", "c2"}, {"fc": MODEL_OUTPUT}),
     "grouped_concat": ({"g", "c"}, {"a": "grouped conv 'g' reads a concatenation",
                                     "b": "grouped conv 'g' reads a concatenation", "fc": MODEL_OUTPUT}),
@@ -171,6 +172,33 @@ def test_module_called_twice_counts_macs_twice_and_params_once():
     assert calls == [1, 2]
     assert graph.group["shared#2"].producers == ["shared"]
     assert ParamsCost().cost(graph) == params(model) and MacsCost().cost(graph) == _flop_macs(model)
+
+
+class _TwoShuffleUnits(nn.Module):
+    """Two ShuffleNetV2 units: the second shuffle mixes the already shuffled stream with a fresh branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.a1, self.a2 = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1)
+        self.b1, self.b2 = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        from .nets import channel_shuffle
+
+        for first, second in ((self.a1, self.a2), (self.b1, self.b2)):
+            x1, x2 = (self.stem(x) if first is self.a1 else x).chunk(2, dim=1)
+            x = channel_shuffle(torch.cat((x1, second(torch.relu(first(x2)))), dim=1), 2)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_shuffle_of_differently_laid_out_parts_pins_the_stream_and_keeps_branches_prunable():
+    model = _TwoShuffleUnits().eval()
+    graph = trace(model, SHAPE)
+    assert {g.name for g in graph.prunable} == {"a1", "b1"}
+    assert "channel shuffle: its 2 parts are laid out differently" in graph.group["stem"].reason
+    assert MacsCost().cost(graph) == _flop_macs(model) and ParamsCost().cost(graph) == params(model)
 
 
 def test_view_flatten_keeps_the_last_conv_prunable():

@@ -17,12 +17,16 @@ channels in each of its ``groups`` equal contiguous blocks. ``chunk(n)`` along c
 space into ``n`` copies of one smaller space (every piece keeps the same channels); ``split`` with
 explicit sizes cuts spaces at the piece boundaries (groups named ``producer[start:end]``) and pins
 them, the sizes being constants of the code. ``x.size()`` / ``x.shape`` may size reshapes:
-``x.view(x.size(0), -1)`` is a flatten; sizes written as constants pin the channels they fix.
+``x.view(x.size(0), -1)`` is a flatten; sizes written as constants pin the channels they fix. A
+channel shuffle (view as (N, g, C/g, H, W), transpose dims 1 and 2, view back) is a permutation
+followed when its g parts can be pruned alike: one conv's output (also a grouped conv's, ShuffleNet
+V1) is folded into g copies of one space, or g parts laid out alike are merged; each kept channel of
+the common part then spans g interleaved output channels (``mult`` g).
 
 A group is *prunable* unless something it touches cannot be sliced, and the reason is recorded
 instead of raising: the model's input or output, an op the analysis does not know, channel padding
-(the option-A shortcut of CIFAR ResNets), a module called twice, a channel shuffle (view, transpose,
-view: a permutation across blocks), a per-channel tensor that is not a parameter or buffer (computed
+(the option-A shortcut of CIFAR ResNets), a module called twice, a channel shuffle whose parts are
+laid out differently (ShuffleNetV2's stream after its first unit), a per-channel tensor that is not a parameter or buffer (computed
 in the forward pass), or the user's ``exclude`` patterns. Every conv, linear, BatchNorm and LayerNorm
 call is recorded as a layer, also when it cannot be sliced (its groups are then pinned), so cost
 accounting always covers the whole model.
@@ -78,6 +82,16 @@ class _Seg:
 
 
 _Layout = tuple[_Seg, ...]
+
+
+@dataclass(frozen=True)
+class _Shuffle:
+    """A channel shuffle in progress: ``layout`` (of the 4-d input) viewed as ``groups`` x (C / groups)."""
+
+    layout: _Layout
+    groups: int
+    shape: tuple[int, ...]  # the 4-d input's shape, which the last view restores
+    transposed: bool = False
 
 
 @dataclass
@@ -169,7 +183,8 @@ class _Tracer:
         self._layouts: dict[fx.Node, _Layout] = {}
         self._pieces: dict[fx.Node, list[_Layout]] = {}  # outputs of split/chunk along channels
         self._last: set[fx.Node] = set()  # channels-last tensors: their layout describes the last dim
-        self._mixed: dict[fx.Node, str] = {}  # tensors inside a channel shuffle -> the reason
+        self._mixed: dict[fx.Node, str] = {}  # tensors inside a shuffle that is not followed -> the reason
+        self._shuffles: dict[fx.Node, _Shuffle] = {}  # 5-d tensors inside a channel shuffle (view, transpose, view)
         self._sizes: set[fx.Node] = set()  # values computed from tensor sizes (x.size(), x.shape)
         self._calls: dict[str, int] = {}
         self._tensors: dict[str, torch.Tensor] = {}  # parameters and buffers by qualified name
@@ -249,6 +264,11 @@ class _Tracer:
         shape = _shape(node)
         if shape is None and _name_of(node) in SPLITS and len(inputs) == 1 and args[0] not in self._last:
             pieces = self._split(node, args[0], inputs[0])
+            sizes = [getattr(m, "shape", (0, 0))[1] for m in node.meta.get("tensor_meta", ())]
+            if pieces is None and sizes and all(sizes):
+                why = f"'{_name_of(node)}' cuts channels into pieces that cannot be pruned alike"
+                self._block(inputs, why)
+                pieces = [(_Seg(self.spaces.new(n, why), n),) for n in sizes]
             if pieces is not None:
                 self._pieces[node] = pieces
                 return
@@ -259,7 +279,10 @@ class _Tracer:
                 self._unsupported(node, inputs, f"output feeds non-tensor op '{_name_of(node)}'")
             return
         mixed = next((self._mixed[a] for a in args if a in self._mixed), None)
-        if mixed is not None and node.op != "call_module":
+        shuffle = next((self._shuffles[a] for a in args if a in self._shuffles), None)
+        if shuffle is not None:
+            layout = self._shuffle_step(node, inputs, shuffle)
+        elif mixed is not None and node.op != "call_module":
             layout = self._unsupported(node, inputs, mixed)
             if len(shape) != 4:
                 self._mixed[node] = mixed
@@ -347,7 +370,7 @@ class _Tracer:
         channel per group); its output stays prunable unless it has one channel per group.
         """
         g = module.groups
-        if len(x) != 1 or x[0].mult != 1:
+        if len(x) != 1 or x[0].length % g:
             self._block([x], f"grouped conv '{name}' reads a concatenation")
         elif module.in_channels == g:
             self._block([x], f"grouped conv '{name}' has one channel per group")
@@ -424,13 +447,10 @@ class _Tracer:
             return None
         sizes = [s[1] for s in shapes]
         if _name_of(node) == "chunk":
-            seg = layout[0]
-            if len(layout) != 1 or seg.mult != 1 or len(set(sizes)) != 1 or len(self.spaces.members(seg.space)) > 1 \
-                    or self.spaces.blocks.get(seg.space, 1) > 1:
+            if len(layout) != 1 or len(set(sizes)) != 1 or self.spaces.blocks.get(self.spaces.find(layout[0].space), 1) > 1:
                 return None
-            piece = _Seg(self.spaces.new(sizes[0], self.spaces.reason.get(seg.space)), sizes[0])
-            self._replace_space(seg.space, (piece,) * len(sizes))
-            return [(piece,)] * len(sizes)
+            piece = self._fold(layout[0], len(sizes))
+            return None if piece is None else [(piece,)] * len(sizes)
         for seg in layout:
             self.spaces.block(seg.space, f"'{_name_of(node)}' with sizes fixed in the model's code")
         bounds = list(itertools.accumulate(sizes))
@@ -447,9 +467,9 @@ class _Tracer:
             seg, at = cut
             if seg.mult != 1 or len(self.spaces.members(seg.space)) > 1:
                 return None
-            reason = self.spaces.reason.get(seg.space)
-            self._replace_space(seg.space, (_Seg(self.spaces.new(at, reason), at),
-                                            _Seg(self.spaces.new(seg.length - at, reason), seg.length - at)))
+            reason = self.spaces.why(seg.space)
+            self._replace_space(seg.space, ((self.spaces.new(at, reason), at),
+                                            (self.spaces.new(seg.length - at, reason), seg.length - at)))
             layout = self._layouts[arg]
         pieces, current, offset = [], [], 0
         for seg in layout:
@@ -460,10 +480,25 @@ class _Tracer:
                 current = []
         return pieces
 
-    def _replace_space(self, space: int, segments: _Layout) -> None:
-        """Replace every segment of ``space`` (a space with no merged partners) by ``segments`` in all layouts so far."""
+    def _fold(self, seg: _Seg, n: int) -> _Seg | None:
+        """Fold ``seg``'s space (with every space merged with it) into ``n`` copies of one space of ``length / n``
+        channels. Returns the copy as it appears in ``seg``'s place (same ``mult``), or None if ``n`` does not
+        divide the length."""
+        if seg.length % n:
+            return None
+        length = seg.length // n
+        piece = self.spaces.new(length, self.spaces.why(seg.space))
+        self._replace_space(seg.space, ((piece, length),) * n)
+        return _Seg(piece, length, seg.mult)
+
+    def _replace_space(self, space: int, parts: Sequence[tuple[int, int]]) -> None:
+        """Replace every segment of ``space`` and of the spaces merged with it by segments of the ``(space,
+        length)`` ``parts`` in all layouts so far; each keeps the ``mult`` of the segment it replaces."""
+        members = set(self.spaces.members(space))
+
         def rewrite(lay: _Layout) -> _Layout:
-            return tuple(part for seg in lay for part in (segments if seg.space == space else (seg,)))
+            return tuple(part for seg in lay for part in (
+                tuple(_Seg(s, n, seg.mult) for s, n in parts) if seg.space in members else (seg,)))
 
         for node, lay in self._layouts.items():
             self._layouts[node] = rewrite(lay)
@@ -619,6 +654,60 @@ class _Tracer:
                 return f"'{_name_of(node)}' with a per-channel tensor '{what}'"
         return None
 
+    def _shuffle_step(self, node: fx.Node, inputs: list[_Layout], state: _Shuffle) -> _Layout | None:
+        """Follow a channel shuffle: view as (N, g, C/g, H, W), transpose dims 1 and 2, view back to (N, C, H, W)."""
+        fname, shape = _name_of(node), _shape(node)
+        if len(inputs) == 1 and fname in ("contiguous", "clone"):
+            self._shuffles[node] = state
+            return inputs[0]
+        swaps = (fname == "transpose" and set(node.args[1:3]) in ({1, 2}, {1, -4}, {2, -3})) or \
+            (fname == "permute" and _dims(node) == (0, 2, 1, 3, 4))
+        if len(inputs) == 1 and swaps and not state.transposed:
+            self._shuffles[node] = _Shuffle(state.layout, state.groups, state.shape, transposed=True)
+            return inputs[0]
+        if len(inputs) == 1 and state.transposed and fname in ("view", "reshape", "flatten") and shape == state.shape:
+            return self._interleave(node, state)
+        why = f"'{fname}' of a channel-shuffle view is not followed"
+        layout = self._unsupported(node, inputs, why)
+        if len(shape or ()) != 4:
+            self._mixed[node] = why
+        return layout
+
+    def _interleave(self, node: fx.Node, state: _Shuffle) -> _Layout | None:
+        """The layout after a channel shuffle of ``state.groups`` parts: output channel j * g + i is channel j of
+        part i. The parts must be pruned alike: one space is folded into g identical parts (a conv's or grouped
+        conv's output), or g parts with the same segment structure are merged; either way each channel of the
+        common part then spans g consecutive output features (``mult`` x g)."""
+        g, layout = state.groups, state.layout
+        why = (f"channel shuffle: its {g} parts are laid out differently (e.g. a stream shuffled before beside a "
+               f"fresh branch), so no pruning keeps them alike")
+        if len(layout) == 1:
+            seg = layout[0]
+            blocks = self.spaces.blocks.get(self.spaces.find(seg.space), 1)
+            if blocks % g and g % blocks:
+                return self._unsupported(node, [layout], why)
+            piece = self._fold(seg, g)
+            if piece is None:
+                return self._unsupported(node, [layout], why)
+            self.spaces.constrain(piece.space, max(blocks // g, 1))
+            common = (piece,)
+        else:
+            size, parts, current, offset = _features(layout) // g, [], [], 0
+            for seg in layout:
+                current.append(seg)
+                offset += seg.length * seg.mult
+                if offset % size == 0:
+                    parts.append(tuple(current))
+                    current = []
+            shapes = {tuple((s.length, s.mult) for s in part) for part in parts}
+            if current or len(parts) != g or len(shapes) != 1:
+                return self._unsupported(node, [layout], why)
+            for part in parts[1:]:
+                for a, b in zip(parts[0], part):
+                    self.spaces.union(a.space, b.space)
+            common = parts[0]
+        return tuple(_Seg(s.space, s.length, s.mult * g) for s in common)
+
     def _reshape(self, node: fx.Node, inputs: list[_Layout]) -> _Layout | None:
         """Flatten by batch, adding or dropping trailing size-1 dims, expanding them; a channel split is a shuffle."""
         in_shape, out_shape, fname = _shape(node.args[0]), _shape(node), _name_of(node)
@@ -626,10 +715,8 @@ class _Tracer:
             return self._unsupported(node, inputs, f"'{fname}' of an unknown shape")
         if len(in_shape) == 4 and len(out_shape) == 5 and out_shape[0] == in_shape[0] \
                 and out_shape[1] * out_shape[2] == in_shape[1] and out_shape[3:] == in_shape[2:]:
-            why = (f"channel shuffle: '{fname}' regroups the {in_shape[1]} channels as {out_shape[1]} x "
-                   f"{out_shape[2]} (a permutation across blocks is not followed)")
-            self._mixed[node] = why
-            return self._unsupported(node, inputs, why)
+            self._shuffles[node] = _Shuffle(inputs[0], out_shape[1], in_shape)
+            return inputs[0]  # a placeholder: the ops on the 5-d tensor go through _shuffle_step
         fixed = _fixed_sizes(node)
         if fixed:
             return self._unsupported(node, inputs, f"'{fname}' to sizes fixed in the model's code {fixed}")
