@@ -183,8 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         rows.append(run(name, ARCHITECTURES[name], args.size, args.target, with_tp))
         print(f"{name}: done in {rows[-1]['amc_seconds']:.1f} s", file=sys.stderr)
+    import torchvision
+    versions = {"torchvision": torchvision.__version__,
+                "torch_pruning": __import__("torch_pruning").__version__ if with_tp else None}
+    command = " ".join([Path(sys.executable).name, *sys.argv])
     record = {"benchmark": "coverage", "input_shape": [3, args.size, args.size], "macs_target": args.target,
-              "torch_pruning": with_tp, "results": rows, "provenance": provenance()}
+              "torch_pruning": with_tp, "results": rows, "provenance": {**provenance(command=command), **versions}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(record, indent=2, default=str) + "\n", out)
