@@ -47,6 +47,10 @@ def files(tmp_path_factory):
     (d / "unknown.yaml").write_text("env:\n  targte: 0.3\n")
     (d / "flat.yaml").write_text("target: 0.3\n")
     (d / "nan.yaml").write_text("env:\n  target: .nan\n")
+    (d / "ratios_unknown.json").write_text('{"layer9.conv1": 0.5}')
+    (d / "ratios_big.json").write_text('{"layer1.0.conv1": 1.5}')
+    (d / "ratios_half.json").write_text('{"layer1.0.conv1": 0.5}')
+    (d / "ratios_linear.json").write_text('{"linear": 0.5}')
     from PIL import Image
 
     for i in range(5):  # an image folder with 5 classes
@@ -274,6 +278,27 @@ def cases():
         ("report-missing", ["report", "{d}/nowhere"], "no episodes.csv"),
         ("report-empty-csv", ["report", "{d}/run_short_csv"], None),
         ("demo-user-folder", ["demo", "--out", "{d}/mine", "--episodes", "2"], "not made by amc demo"),
+        ("export-missing-policy", ["export", "{d}/none.json", "--format", "csv", "--out", "{d}/x.pt"], "not found"),
+        ("export-format", ["export", "{d}/policy.json", "--format", "onnx", "--out", "{d}/x.pt"], "invalid choice"),
+        ("export-over-notes", ["export", "{d}/policy.json", "--format", "csv", "--out", "{d}/notes.txt"],
+         "already exists"),
+        ("export-onto-policy", ["export", "{d}/policy.json", "--format", "nni", "--out", "{d}/policy.json",
+                                "--overwrite"], "one of the inputs"),
+        ("export-bad-module-name", ["export", "{d}/policy.json", "--format", "torch-pruning", "--out",
+                                    "{d}/t/my-script.py"], "module name"),
+        ("export-edited-policy", ["export", "{d}/policy_channels_wrong.json", "--format", "csv", "--out", "{d}/x.pt"],
+         None),
+        ("import-missing", ["import-ratios", "{d}/none.json", "resnet20", "--out", "{d}/u.json"], "not found"),
+        ("import-not-json", ["import-ratios", "{d}/notjson.json", "resnet20", "--out", "{d}/u.json"], "not a JSON"),
+        ("import-list", ["import-ratios", "{d}/list.json", "resnet20", "--out", "{d}/u.json"], "JSON object"),
+        ("import-unknown-layer", ["import-ratios", "{d}/ratios_unknown.json", "resnet20", "--out", "{d}/u.json"],
+         "'layer9.conv1' is not a prunable"),
+        ("import-out-of-range", ["import-ratios", "{d}/ratios_big.json", "resnet20", "--out", "{d}/u.json"],
+         "in [0, 1]"),
+        ("import-all-removed", ["import-ratios", "{d}/ratios_half.json", "resnet20", "--pruning-ratios",
+                                "--out", "{d}/notes.txt"], "already exists"),
+        ("import-pinned-group", ["import-ratios", "{d}/ratios_linear.json", "resnet20", "--out", "{d}/u.json"],
+         "model output"),
         ("unknown-command", ["prune-everything"], "invalid choice"),
         ("unknown-flag", ["search", "--turbo"], "unrecognized"),
     ]
