@@ -114,7 +114,9 @@ class EnvConfig:
     metric: ``top1`` | ``top5``. reward_scale: multiplies the reward. budget_rule (constrained mode):
     ``clamp`` (AMC: each action capped in forward order so the rest can still meet the budget at
     ``lbound``) | ``scale`` (the episode's actions keep their shape and one common factor meets the
-    budget: :meth:`amc.cost.Budget.scaled`).
+    budget: :meth:`amc.cost.Budget.scaled`). evaluator: ``package.module:function`` scoring a pruned
+    model (``function(model) -> float``, in [0, 1], higher is better) in place of the search split's
+    ``metric``; the reward's error is then 1 - score.
     """
 
     cost: str = "macs"
@@ -126,6 +128,7 @@ class EnvConfig:
     metric: str = "top1"
     reward_scale: float = 1.0
     budget_rule: str = "clamp"
+    evaluator: str | None = None
 
 
 @dataclass(frozen=True)

@@ -348,3 +348,14 @@ def seven_class_factory(num_classes: int = 7, width: int = 4) -> nn.Module:
     """A user's ``package.module:factory`` whose own default is 7 classes (tests/test_models_data.py)."""
     return nn.Sequential(nn.Conv2d(3, width, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.Linear(width, num_classes))
+
+
+def mean_logit_score(model: nn.Module) -> float:
+    """A user's evaluator for tests: a score in (0, 1) of the model's outputs on fixed images (not accuracy)."""
+    x = torch.linspace(-1, 1, 2 * 3 * 16 * 16).view(2, 3, 16, 16)
+    with torch.no_grad():
+        return float(torch.sigmoid(model(x).mean()))
+
+
+def broken_evaluator(model: nn.Module) -> str:
+    return "good"

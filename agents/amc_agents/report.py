@@ -61,21 +61,28 @@ def plot_best_ratios(best: dict, path: Path) -> Path:
     return path
 
 
+def score_column(episodes: pd.DataFrame) -> str:
+    """``top1``, or ``score`` for a run scored by a user's evaluator."""
+    return "top1" if "top1" in episodes.columns else "score"
+
+
 def budget_cost(best: dict) -> str:
     """The cost the run's budget is on (``macs`` or ``params``), from its best policy."""
     return best.get("cost", {}).get("name", "macs") if best else "macs"
 
 
 def plot_accuracy_vs_cost(episodes: pd.DataFrame, baselines: dict, path: Path, cost: str = "macs") -> Path:
-    """Search-split top-1 against the measured cost ratio (``macs`` or ``params``) of every episode."""
+    """Search-split top-1 (or the evaluator's score) against the measured cost ratio (``macs`` or ``params``)
+    of every episode."""
+    score = score_column(episodes)
     fig, ax = plt.subplots(figsize=(6, 4))
     for phase, part in episodes.groupby("phase"):
-        ax.scatter(part[f"{cost}_ratio"], part.top1, s=8, alpha=0.5, label=phase)
+        ax.scatter(part[f"{cost}_ratio"], part[score], s=8, alpha=0.5, label=phase)
     if "uniform" in baselines:
         u = baselines["uniform"]
-        ax.scatter([u[f"{cost}_ratio"]], [u["top1"]], marker="*", s=120, color="C3", label="uniform")
+        ax.scatter([u[f"{cost}_ratio"]], [u[score]], marker="*", s=120, color="C3", label="uniform")
     ax.set_xlabel(f"{'MACs' if cost == 'macs' else cost} ratio (measured on the pruned model)")
-    ax.set_ylabel("search-split top-1")
+    ax.set_ylabel("search-split top-1" if score == "top1" else "evaluator score")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -92,11 +99,13 @@ def summary_text(episodes: pd.DataFrame, baselines: dict, best: dict) -> str:
     lines = ["# AMC search summary", "",
              f"- episodes: {len(episodes)} ({', '.join(f'{k}: {v}' for k, v in episodes.phase.value_counts().items())})",
              f"- best reward: {metrics.get('reward', float('nan')):.4f} at episode {metrics.get('episode')} "
-             f"(search-split top-1 {metrics.get('top1', float('nan')):.4f}, MACs ratio "
+             f"({'search-split top-1' if 'top1' in metrics else 'evaluator score'} "
+             f"{metrics.get('top1', metrics.get('score', float('nan'))):.4f}, MACs ratio "
              f"{metrics.get('macs_ratio', float('nan')):.4f}, params ratio {metrics.get('params_ratio', float('nan')):.4f})"]
     if "uniform" in baselines:
         u = baselines["uniform"]
-        lines.append(f"- uniform policy (ratio {u['ratio']:.4f}): reward {u['reward']:.4f}, top-1 {u['top1']:.4f}, "
+        lines.append(f"- uniform policy (ratio {u['ratio']:.4f}): reward {u['reward']:.4f}, "
+                     f"{'top-1' if 'top1' in u else 'score'} {u.get('top1', u.get('score', float('nan'))):.4f}, "
                      f"{label} ratio {u[f'{cost}_ratio']:.4f}")
     rnd = episodes[episodes.phase.isin(["warm-up", "random"])]
     if len(rnd):

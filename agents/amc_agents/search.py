@@ -19,6 +19,7 @@ import torch
 
 from amc.config import EnvConfig, SearchConfig, differences, replace, validate
 from amc.errors import AmcError, AmcWarning
+from amc.evaluation import load_evaluator
 from amc.policy import Policy
 from amc.stats_cache import StatsCache, digest
 from amc_envs import WEIGHT_SEARCH_PRUNE, ChannelPruningEnv, EpisodeResult, PruningTask, WeightPruningEnv, open_task
@@ -137,7 +138,8 @@ class SearchRunner:
         """Score the uniform policy at the same budget once per run (``baselines.json``, ``uniform_policy.json``)."""
         if "uniform" in self.store.baselines():
             return
-        cache = self.task.engine.cache
+        # a user's evaluator is code amc cannot fingerprint: its baseline is scored afresh in every run
+        cache = self.task.engine.cache if self.task.evaluator is None else None
         key = "uniform-" + digest(self.task.model, self.task.search_images, self.task.search_labels,
                                   self.task.engine.calibration.images if self.task.engine.calibration else 0,
                                   asdict(self.cfg.env), asdict(self.task.prune_config), asdict(self.task.calibration),
@@ -256,8 +258,12 @@ def _open_task(cfg: SearchConfig) -> PruningTask:
     torch.manual_seed(cfg.seed)  # a model without a checkpoint gets seeded random weights
     if not cfg.model.name and not cfg.model.checkpoint:
         raise AmcError("give --model (and usually --checkpoint) or a --config that names them")
-    return open_task(cfg.model, cfg.data, cfg.calibration, cfg.prune, cfg.device,
-                     StatsCache(cfg.cache_dir) if cfg.cache_dir else None)
+    evaluator = load_evaluator(cfg.env.evaluator) if cfg.env.evaluator else None  # before any long work
+    task = open_task(cfg.model, cfg.data, cfg.calibration, cfg.prune, cfg.device,
+                     StatsCache(cfg.cache_dir) if cfg.cache_dir else None, evaluator)
+    if evaluator is not None:
+        task.score(task.model)  # the evaluator works (returns a number) on the dense model
+    return task
 
 
 def fingerprints(task: PruningTask) -> dict:

@@ -75,6 +75,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--budget-rule", "env", "budget_rule", str, "clamp: AMC's per-step cap in forward order (late groups "
          "may be starved); scale: one common factor on the episode's actions meets the budget (default clamp)",
          choices=("clamp", "scale")),
+    Flag("--evaluator", "env", "evaluator", str, "package.module:function scoring a pruned model "
+         "(function(model) -> float in [0, 1], higher = better, e.g. mAP on your validation data) instead of the "
+         "search split's top-1; the data flags still give the calibration images"),
     # agent
     Flag("--agent", "agent", "algorithm", str, "searching agent (default ddpg; tpe: Optuna's TPE black-box "
          "optimiser over the per-group actions)", choices=("ddpg", "td3", "sac", "random", "tpe")),

@@ -50,7 +50,7 @@ def add_parser(sub) -> None:
     p.add_argument("--ratio", type=float, help="preserve ratio (fraction of channels kept) of every group, in (0, 1] "
                    "(channel granularity)")
     add_flags(p, "model", "data", "calibration", "prune", skip=("--granularity",))
-    add_flags(p, "env", skip=("--mode", "--rbound", "--metric", "--reward-scale"))
+    add_flags(p, "env", skip=("--mode", "--rbound", "--metric", "--reward-scale", "--evaluator"))
     add_flags(p, "train", skip=("--epochs",))
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune for this many epochs (needs data)")
     p.add_argument("--schedule", choices=SCHEDULES, default="oneshot",

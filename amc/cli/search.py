@@ -96,8 +96,10 @@ def run(args: argparse.Namespace) -> int:
     write_report(out)
     base = store.baselines()["uniform"]
     cost = "params" if cfg.prune.granularity == "weight" else "macs"
-    print(f"best reward {best.reward:.4f} (top-1 {best.result.metrics['top1']:.4f}, {cost} "
+    score = "top1" if "top1" in best.result.metrics else "score"  # score: the user's --evaluator
+    label = "top-1" if score == "top1" else "score"
+    print(f"best reward {best.reward:.4f} ({label} {best.result.metrics[score]:.4f}, {cost} "
           f"{best.result.cost_ratio[cost]:.3f}) at episode {best.episode}; uniform policy reward "
-          f"{base['reward']:.4f} (top-1 {base['top1']:.4f})")
+          f"{base['reward']:.4f} ({label} {base[score]:.4f})")
     print(f"run folder: {out}  best policy: {out / 'best_policy.json'}")
     return 0

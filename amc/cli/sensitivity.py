@@ -40,7 +40,7 @@ def add_parser(sub) -> None:
     p.add_argument("--keep-dense", nargs="*", default=[], metavar="PATTERN",
                    help="glob patterns of conv/linear layers not analysed and left dense (weight granularity)")
     add_flags(p, "model", "data", "calibration", "prune", skip=("--granularity",))
-    add_flags(p, "env", skip=("--mode", "--rbound", "--metric", "--reward-scale", "--lbound", "--round-to"))
+    add_flags(p, "env", skip=("--mode", "--rbound", "--metric", "--reward-scale", "--lbound", "--round-to", "--evaluator"))
     p.add_argument("--random-init", action="store_true", help="allow analysing a model without trained weights")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="output folder (sensitivity.csv, sensitivity.png, policy.json)")

@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("uniform", help="write the uniform-ratio policy that meets a MACs or params target")
     add_model_arg(p)
     add_flags(p, "model", "prune", "calibration", "data", skip=("--granularity",))
-    add_flags(p, "env", skip=("--mode", "--rbound", "--metric", "--reward-scale"), required=("--target",))
+    add_flags(p, "env", skip=("--mode", "--rbound", "--metric", "--reward-scale", "--evaluator"), required=("--target",))
     p.add_argument("--out", required=True, help="policy JSON to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=run)

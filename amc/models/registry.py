@@ -65,22 +65,27 @@ def default_num_classes(name: str) -> int:
     if name.endswith("_imagenet") or name.startswith("torchvision:"):
         return 1000
     if name not in BUILTIN and ":" in name:
-        default = inspect.signature(_import_factory(name)).parameters.get("num_classes")
+        default = inspect.signature(import_object(name)).parameters.get("num_classes")
         if default is not None and isinstance(default.default, int):
             return default.default
     return 10
 
 
-def _import_factory(path: str) -> Callable[..., nn.Module]:
+def import_object(path: str, what: str = "model") -> Callable:
+    """The object ``package.module:name`` names (importing that module runs its code)."""
     module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise AmcError(f"{what} '{path}' must look like package.module:name")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise AmcError(f"cannot import module '{module_name}' for model '{path}': {exc}") from None
+        raise AmcError(f"cannot import module '{module_name}' for {what} '{path}': {exc}") from None
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise AmcError(f"module '{module_name}' has no attribute '{attr}' (model '{path}')") from None
+        raise AmcError(f"module '{module_name}' has no attribute '{attr}' ({what} '{path}')") from None
+
+
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
@@ -98,7 +103,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
         except ValueError as exc:
             raise AmcError(f"unknown torchvision model '{name}': {exc}") from None
     if ":" in name:
-        factory = _import_factory(name)
+        factory = import_object(name)
         try:
             model = factory(num_classes=spec.num_classes, **spec.kwargs)
         except TypeError:

@@ -17,6 +17,8 @@ from amc.structure import GroupName
 from .observation import FEATURES, Observer
 from .task import PruningTask
 
+SCORES = ("top1", "top5", "loss", "score")  # what scoring a policy may report (``score``: the user's evaluator)
+
 
 @dataclass
 class EpisodeResult:
@@ -25,7 +27,8 @@ class EpisodeResult:
     keep: kept channels per group; requested: the agent's preserve ratios (before clipping,
     rounding and the clamp); executed: kept / channels; kept: kept channel indices of the groups
     that lost channels; cost_ratio: measured cost / dense per cost model (``macs``, ``params``);
-    metrics: search-split ``top1``, ``top5``, ``loss``; reward; timings: seconds per step.
+    metrics: search-split ``top1``, ``top5``, ``loss`` (or the evaluator's ``score``); reward; timings:
+    seconds per step.
     """
 
     keep: dict[GroupName, int]
@@ -67,7 +70,8 @@ class ChannelPruningEnv(gym.Env):
 
     ## Rewards
     0 on every step but the last. On the last step, with ``error = 1 - accuracy`` on the search
-    split (``metric``: top-1 or top-5) and ``scale`` = ``reward_scale``:
+    split (``metric``: top-1 or top-5; or ``1 - score`` of the task's evaluator) and ``scale`` =
+    ``reward_scale``:
     - ``mode="constrained"`` (resource-constrained): ``R = -scale * error``;
     - ``mode="accuracy"`` (accuracy-guaranteed): ``R = -scale * error * log(resource)``, resource being
       the compact model's measured cost (MACs or params), no clamp.
@@ -85,7 +89,8 @@ class ChannelPruningEnv(gym.Env):
     - ``cfg``: :class:`~amc.config.EnvConfig`: ``cost`` (``macs`` | ``params``) and ``target`` (fraction
       of the dense cost to keep), ``mode`` (``constrained`` | ``accuracy``), ``lbound`` / ``rbound``
       (preserve-ratio bounds), ``round_to`` (counts are multiples of it), ``metric`` (``top1`` | ``top5``),
-      ``reward_scale``, ``budget_rule`` (``clamp`` | ``scale``).
+      ``reward_scale``, ``budget_rule`` (``clamp`` | ``scale``). A task with an ``evaluator`` is scored by it
+      (accuracy = its score) whatever ``metric`` says.
     """
 
     metadata = {"render_modes": []}
@@ -148,6 +153,11 @@ class ChannelPruningEnv(gym.Env):
         info["result"] = result
         return np.zeros(self.observation_space.shape, dtype=np.float32), result.reward, True, False, info
 
+    @property
+    def score_key(self) -> str:
+        """The metric the reward is computed from: the evaluator's ``score`` when the task has one."""
+        return "score" if self.task.evaluator is not None else self.cfg.metric
+
     def reward_of(self, accuracy: float, cost: float) -> float:
         error = 1.0 - accuracy
         if self.cfg.mode == "constrained":
@@ -163,5 +173,5 @@ class ChannelPruningEnv(gym.Env):
             executed={g.name: keep[g.name] / g.channels for g in self.groups},
             kept={name: idx.tolist() for name, idx in result.selection.kept.items()},
             cost_ratio={name: metrics[f"{name}_ratio"] for name in self.task.costs},
-            metrics={k: metrics[k] for k in ("top1", "top5", "loss")},
-            reward=self.reward_of(metrics[self.cfg.metric], metrics[cost]), timings=dict(result.timings))
+            metrics={k: metrics[k] for k in SCORES if k in metrics},
+            reward=self.reward_of(metrics[self.score_key], metrics[cost]), timings=dict(result.timings))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
@@ -14,7 +14,7 @@ from amc.config import CalibrationConfig, DataConfig, ModelConfig, PruneConfig
 from amc.cost import CostModel, MacsCost, ParamsCost, check_costs, params
 from amc.errors import AmcError
 from amc.data import ImageSet, load_splits, normalization
-from amc.evaluation import evaluate
+from amc.evaluation import custom_score, evaluate
 from amc.io import open_model
 from amc.models import ModelSpec, build_model
 from amc.prune import PruneResult, PruningEngine
@@ -36,7 +36,8 @@ class PruningTask:
     task's device; ``search_labels``: (N,) int64. ``costs``: cost models every pruned model is
     measured with (an exact one must match the accounting). ``data`` / ``calibration``: the configs the
     task was built from (recorded in policies). ``exclude``: globs of channel groups (or, for weight
-    pruning, of conv/linear layers) left unpruned.
+    pruning, of conv/linear layers) left unpruned. ``evaluator``: the user's ``function(model) -> float``
+    (higher = better) that scores pruned models instead of the search split's accuracy.
     """
 
     model: nn.Module
@@ -51,13 +52,17 @@ class PruningTask:
     data: DataConfig | None = None
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     exclude: tuple[str, ...] = ()
+    evaluator: Callable[[nn.Module], float] | None = None
 
     @property
     def prune_config(self) -> PruneConfig:
         return self.engine.cfg
 
     def score(self, model: nn.Module) -> dict[str, float]:
-        """Top-1/top-5 accuracy and loss of ``model`` on the search split (never the test split)."""
+        """Top-1/top-5 accuracy and loss of ``model`` on the search split (never the test split), or
+        ``{"score": evaluator(model)}`` when the task has an evaluator."""
+        if self.evaluator is not None:
+            return {"score": custom_score(self.evaluator, model.to(self.device))}
         return evaluate(model.to(self.device), self.search_images, self.search_labels, self.batch_size)
 
     def evaluate(self, keep: Keep) -> tuple[dict[str, float], PruneResult]:
@@ -100,9 +105,11 @@ class PruningTask:
     @classmethod
     def build(cls, model: nn.Module, spec: ModelSpec, search: ImageSet, calibration: CalibrationSet,
               data: DataConfig, prune: PruneConfig = PruneConfig(), calibration_config: CalibrationConfig = CalibrationConfig(),
-              exclude=(), device: str = "cpu", cache: StatsCache | None = None) -> "PruningTask":
+              exclude=(), device: str = "cpu", cache: StatsCache | None = None,
+              evaluator: Callable[[nn.Module], float] | None = None) -> "PruningTask":
         """``search``: images that score policies; ``calibration``: images for recovery statistics;
-        ``cache``: where the engine keeps its calibration statistics between tasks."""
+        ``cache``: where the engine keeps its calibration statistics between tasks; ``evaluator``: scores
+        policies instead of the search split."""
         model = model.to(device).eval()
         graph = trace(model, spec.input_shape, exclude)
         engine = PruningEngine(model, graph, prune, calibration.to(device), cache)
@@ -110,7 +117,7 @@ class PruningTask:
         if prune.channels_last:
             search_x = search_x.contiguous(memory_format=torch.channels_last)
         return cls(model, spec, graph, engine, search_x, search.labels.to(device), device, data=data,
-                   calibration=calibration_config, exclude=tuple(exclude))
+                   calibration=calibration_config, exclude=tuple(exclude), evaluator=evaluator)
 
     @classmethod
     def tiny(cls, seed: int = 0, granularity: str = "channel") -> "PruningTask":
@@ -126,15 +133,18 @@ class PruningTask:
 
 def make_task(model: nn.Module, spec: ModelSpec, data: DataConfig, calibration: CalibrationConfig = CalibrationConfig(),
               prune: PruneConfig = PruneConfig(), exclude=(), device: str = "cpu",
-              cache: StatsCache | None = None) -> PruningTask:
-    """A :class:`PruningTask` over ``data``'s search split; calibration drawn from its trained-on part."""
+              cache: StatsCache | None = None, evaluator: Callable[[nn.Module], float] | None = None) -> PruningTask:
+    """A :class:`PruningTask` over ``data``'s search split (or ``evaluator``); calibration drawn from its
+    trained-on part."""
     splits = load_splits(data, ("train", "search"), num_classes=spec.num_classes, image_size=spec.input_shape[-1])
     calib = CalibrationSet.draw(splits["train"], normalization(data), calibration, device)
-    return PruningTask.build(model, spec, splits["search"], calib, data, prune, calibration, exclude, device, cache)
+    return PruningTask.build(model, spec, splits["search"], calib, data, prune, calibration, exclude, device, cache,
+                             evaluator)
 
 
 def open_task(model: ModelConfig, data: DataConfig, calibration: CalibrationConfig = CalibrationConfig(),
-              prune: PruneConfig = PruneConfig(), device: str = "cpu", cache: StatsCache | None = None) -> PruningTask:
+              prune: PruneConfig = PruneConfig(), device: str = "cpu", cache: StatsCache | None = None,
+              evaluator: Callable[[nn.Module], float] | None = None) -> PruningTask:
     """Open the model of ``model`` (name/checkpoint) and build its :class:`PruningTask`."""
     net, spec, _ = open_model(model.name, model.checkpoint, model.num_classes, model.input_shape)
-    return make_task(net, spec, data, calibration, prune, model.exclude, device, cache)
+    return make_task(net, spec, data, calibration, prune, model.exclude, device, cache, evaluator)

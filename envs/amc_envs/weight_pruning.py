@@ -7,7 +7,7 @@ from amc.config import EnvConfig
 from amc.cost import WeightBudget
 from amc.errors import AmcError
 
-from .channel_pruning import ChannelPruningEnv, EpisodeResult
+from .channel_pruning import SCORES, ChannelPruningEnv, EpisodeResult
 from .observation import WeightObserver
 from .task import PruningTask
 
@@ -79,5 +79,5 @@ class WeightPruningEnv(ChannelPruningEnv):
         return EpisodeResult(
             keep=dict(keep), requested=dict(requested or {n: k / self.budget.size(n) for n, k in keep.items()}),
             executed={g.name: keep[g.name] / g.size for g in self.groups}, kept={},
-            cost_ratio={"params": metrics["params_ratio"]}, metrics={k: metrics[k] for k in ("top1", "top5", "loss")},
-            reward=self.reward_of(metrics[self.cfg.metric], metrics["params"]), timings=dict(result.timings))
+            cost_ratio={"params": metrics["params_ratio"]}, metrics={k: metrics[k] for k in SCORES if k in metrics},
+            reward=self.reward_of(metrics[self.score_key], metrics["params"]), timings=dict(result.timings))
