@@ -43,6 +43,9 @@ sys.path.insert(0, str(ROOT))
 CHECKPOINT = "results/benchmarks/resnet20-jpeg-finetune/run/model.pt"
 FROM_SCRATCH = ("rigl", "set", "static")
 FROM_PRETRAINED = ("rigl", "static")
+# settings only one part reads: a run of the other part in the same folder may differ in them
+LOTTERY_SETTINGS = ("prune_fraction", "scope", "rewind_step", "controls_with")
+RIGL_SETTINGS = ("sparsities", "update_every", "drop_fraction", "end_fraction", "checkpoint")
 
 
 def log(msg: str) -> None:
@@ -276,11 +279,20 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.epochs * math.ceil(len(train) / args.batch_size)
     settings.update(rewind_step=args.rewind_step if args.rewind_step is not None else max(1, round(0.03 * steps)),
                     subset_used=len(train), test_used=len(test), steps_per_training=steps)
+    parts = ("lottery", "rigl") if args.part == "all" else (args.part,)
+    settings["parts"] = list(parts)
     stored = out / "settings.json"
     if stored.is_file():
         previous = json.loads(stored.read_text())
+        # a part's own settings only matter if that part ran here before (or runs now and ran before)
+        ran = set(previous.get("parts", ("lottery", "rigl")))
+        own = {"lottery": LOTTERY_SETTINGS, "rigl": RIGL_SETTINGS}
+        free = {k for part, keys in own.items() if part not in ran or part not in parts for k in keys}
         changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k)
-                         and k != "rounds")  # more lottery rounds continue the stored runs
+                         and k not in ("rounds", "parts") and k not in free)  # more lottery rounds continue the runs
+        settings = {**settings, **{k: previous[k] for k in free if k in previous and k not in
+                                   {key for part in parts for key in own[part]}}}
+        settings["parts"] = sorted(ran | set(parts))
         if changed:
             p.error(f"{out} holds results with other settings ({', '.join(changed)}); choose another --out")
     from amc.io import atomic_write_text
