@@ -107,7 +107,7 @@ class PruneConfig:
 class EnvConfig:
     """The search environment's budget and reward.
 
-    cost: ``macs`` (alias ``flops``) | ``params``: what ``target`` limits. target: fraction of the
+    cost: ``macs`` (alias ``flops``) | ``params`` | ``latency`` (:mod:`amc.latency`): what ``target`` limits. target: fraction of the
     dense cost to keep (constrained mode). mode: ``constrained`` (reward = -error, actions clamped
     to meet the budget) | ``accuracy`` (reward = -error * log(cost), no clamp). lbound / rbound:
     preserve-ratio bounds of every action. round_to: kept channel counts are multiples of this.
@@ -255,7 +255,7 @@ def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 # ---------------------------------------------------------------- validation
 CRITERIA = ("l1", "l2", "apoz", "mean_activation", "taylor", "random")
-COSTS = ("macs", "flops", "params")
+COSTS = ("macs", "flops", "params", "latency")
 BUDGET_RULES = ("clamp", "scale")
 BN_SCOPES = ("all", "reconstructed")
 ALGORITHMS = ("ddpg", "td3", "sac", "random", "tpe")

@@ -13,8 +13,8 @@ by running it (used to check compact models). Two are built in:
   the whole model.
 - :class:`ParamsCost` (``"params"``): parameter elements (BatchNorm affine weights included, buffers not).
 
-A latency table is one more class with the same two methods (``exact = False``: its estimate is not
-expected to equal a measurement). :class:`Budget` is the one place a target ratio becomes channel
+:class:`amc.latency.LatencyCost` is a third, built from a per-layer latency table measured on the target
+(``exact = False``: its estimate is not expected to equal a measurement). :class:`Budget` is the one place a target ratio becomes channel
 counts: the reachable floor, AMC's clamp (:meth:`Budget.max_count`) and the uniform bisection.
 """
 from __future__ import annotations
@@ -91,6 +91,9 @@ def cost_model(name: str | CostModel) -> CostModel:
     """A cost model by name (``macs``, ``flops`` = ``macs``, ``params``), or ``name`` itself if it is one."""
     if not isinstance(name, str):
         return name
+    if name == "latency":
+        raise AmcError("the latency cost needs a table measured for the model: pass "
+                       "amc.latency.LatencyCost(amc.latency.LatencyTable.for_graph(graph)) instead of 'latency'")
     if name not in COST_MODELS:
         raise AmcError(f"unknown cost '{name}' (choose {', '.join(COST_MODELS)})")
     return COST_MODELS[name]()
@@ -131,13 +134,16 @@ def params(model: nn.Module) -> int:
 
 
 def check_costs(graph: DependencyGraph, keep: Keep, model: nn.Module, costs: Sequence[CostModel]) -> dict[str, float]:
-    """Measure ``model`` with each cost model; an exact one must equal its estimate for ``keep``.
+    """Measure ``model`` with each exact cost model, which must equal its estimate for ``keep``.
 
-    Returns ``{cost name: measured}``. A mismatch is an internal error (a pruning bug), raised as
+    Returns ``{cost name: measured}`` (for a cost model that is not exact, its estimate). A mismatch is an internal error (a pruning bug), raised as
     :class:`AmcError` naming both figures.
     """
     out = {}
     for c in costs:
+        if not c.exact:  # an estimate (latency): reported as estimated; measure() is for benchmarks
+            out[c.name] = c.cost(graph, keep)
+            continue
         measured = c.measure(model, graph.input_shape)
         if c.exact:
             expected = c.cost(graph, keep)
@@ -256,7 +262,7 @@ class Budget(BudgetRules):
 
     @property
     def cost_name(self) -> str:
-        """What the target limits: ``macs`` or ``params``."""
+        """What the target limits: ``macs``, ``params`` or ``latency``."""
         return self.cost.name
 
     def size(self, group: GroupName) -> int:

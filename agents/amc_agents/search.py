@@ -20,6 +20,7 @@ import torch
 from amc.config import EnvConfig, SearchConfig, differences, replace, validate
 from amc.errors import AmcError, AmcWarning
 from amc.evaluation import load_evaluator
+from amc.latency import LatencyCost, LatencyTable
 from amc.policy import Policy
 from amc.stats_cache import StatsCache, digest
 from amc_envs import WEIGHT_SEARCH_PRUNE, ChannelPruningEnv, EpisodeResult, PruningTask, WeightPruningEnv, open_task
@@ -263,6 +264,9 @@ def _open_task(cfg: SearchConfig) -> PruningTask:
                      StatsCache(cfg.cache_dir) if cfg.cache_dir else None, evaluator)
     if evaluator is not None:
         task.score(task.model)  # the evaluator works (returns a number) on the dense model
+    if cfg.env.cost == "latency":
+        table = LatencyTable.for_graph(task.graph, device=cfg.device, cache_dir=cfg.cache_dir)
+        task.costs["latency"] = LatencyCost(table, device=cfg.device)
     return task
 
 

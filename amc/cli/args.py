@@ -63,7 +63,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--prune-seed", "prune", "seed", int, "seed of the random criterion and position sampling (default 0)"),
     Flag("--channels-last", "prune", "channels_last", BOOL, "channels-last memory format for pruned models (default on)"),
     # env
-    Flag("--cost", "env", "cost", str, "what the target limits (default macs; flops = macs)", choices=("macs", "flops", "params")),
+    Flag("--cost", "env", "cost", str, "what the target limits (default macs; flops = macs; latency: a per-layer "
+         "table measured on this machine, cached in --cache-dir; alias --resource)",
+         choices=("macs", "flops", "params", "latency")),
     Flag("--target", "env", "target", float, "fraction of the dense cost to keep, in (0, 1] (default 0.5)"),
     Flag("--mode", "env", "mode", str, "constrained: reward -error under the budget; accuracy: -error*log(cost)",
          choices=("constrained", "accuracy")),
@@ -105,8 +107,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--top-k", "run", "top_k", int, "policies kept in top_policies/ (default 5)"),
     Flag("--device", "run", "device", str, "cpu or cuda (default cpu)"),
     Flag("--threads", "run", "threads", int, "torch CPU threads (default: torch's)"),
-    Flag("--cache-dir", "run", "cache_dir", str, "cache of calibration statistics and baseline scores shared by "
-         "searches of the same model and data (default ~/.cache/amc; 'none' turns it off)"),
+    Flag("--cache-dir", "run", "cache_dir", str, "cache of calibration statistics, baseline scores and latency "
+         "tables shared by searches of the same model and data (default ~/.cache/amc; 'none' turns it off)"),
 )
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "calibration": CalibrationConfig, "prune": PruneConfig,
@@ -115,6 +117,9 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "calibration": Calibration
 
 def dest(flag: Flag) -> str:
     return flag.name.lstrip("-").replace("-", "_")
+
+
+ALIASES = {"--cost": ("--resource",)}  # other spellings of a flag (the first name sets the config field)
 
 
 def add_flags(p: argparse.ArgumentParser, *sections: str, skip: tuple[str, ...] = (), required: tuple[str, ...] = ()) -> None:
@@ -130,7 +135,7 @@ def add_flags(p: argparse.ArgumentParser, *sections: str, skip: tuple[str, ...] 
         if f.name in required:
             kwargs["required"] = True
         group = _group(p, f.section)
-        group.add_argument(f.name, **kwargs)
+        group.add_argument(f.name, *ALIASES.get(f.name, ()), **kwargs)
 
 
 def _group(p: argparse.ArgumentParser, section: str):

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 
 from ..api import uniform_policy
+from ..latency import LatencyCost, LatencyTable
+from ..structure import trace
 from ..config import validate
 from .args import add_flags, add_model_arg, command_line, section
 from .common import check_output, open_from_args
@@ -16,6 +18,8 @@ def add_parser(sub) -> None:
     add_flags(p, "env", skip=("--mode", "--rbound", "--metric", "--reward-scale", "--evaluator"), required=("--target",))
     p.add_argument("--out", required=True, help="policy JSON to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--cache-dir", default="~/.cache/amc", help="where --cost latency keeps its measured per-layer "
+                   "table (default ~/.cache/amc; 'none': measure afresh)")
     p.set_defaults(func=run)
 
 
@@ -25,8 +29,12 @@ def run(args: argparse.Namespace) -> int:
         validate(section(args, name), name)
     check_output(args.out, inputs=(model_cfg.checkpoint,), overwrite=args.overwrite)
     model, spec, _ = open_from_args(args, model_cfg)
-    policy = uniform_policy(model, spec.input_shape, env.target, env.cost, round_to=env.round_to, lbound=env.lbound,
-                            exclude=model_cfg.exclude, prune=section(args, "prune"), model_spec=spec.to_dict())
+    graph = trace(model, spec.input_shape, model_cfg.exclude)
+    cache = None if args.cache_dir == "none" else args.cache_dir
+    cost = LatencyCost(LatencyTable.for_graph(graph, cache_dir=cache)) if env.cost == "latency" else env.cost
+    policy = uniform_policy(model, spec.input_shape, env.target, cost, round_to=env.round_to, lbound=env.lbound,
+                            exclude=model_cfg.exclude, prune=section(args, "prune"), model_spec=spec.to_dict(),
+                            graph=graph)
     policy.calibration = section(args, "calibration")
     policy.data = section(args, "data") if args.dataset else None
     policy.provenance["command"] = command_line()

@@ -100,6 +100,9 @@ class ChannelPruningEnv(gym.Env):
                 or cfg.budget_rule not in BUDGET_RULES:
             raise AmcError(f"bad environment option: mode={cfg.mode!r}, metric={cfg.metric!r}, "
                            f"budget_rule={cfg.budget_rule!r}")
+        if cfg.mode == "accuracy" and cfg.cost == "latency":
+            raise AmcError("accuracy mode's reward -error * log(cost) needs a count (macs or params), not a latency "
+                           "in milliseconds; use --mode constrained with --cost latency")
         if not math.isfinite(cfg.reward_scale) or cfg.reward_scale <= 0:
             raise AmcError(f"reward_scale must be a positive number, got {cfg.reward_scale}")
         self.task = task or PruningTask.tiny()
@@ -116,7 +119,8 @@ class ChannelPruningEnv(gym.Env):
 
     def make_budget(self, target: float) -> Budget:
         """The budget rule over what this environment prunes (channel groups here)."""
-        return Budget(self.task.graph, self.cfg.cost, target, round_to=self.cfg.round_to, lbound=self.cfg.lbound,
+        cost = self.task.costs.get(self.cfg.cost, self.cfg.cost)  # the task's own model (a latency table)
+        return Budget(self.task.graph, cost, target, round_to=self.cfg.round_to, lbound=self.cfg.lbound,
                       rbound=self.cfg.rbound)
 
     def make_observer(self) -> Observer:
