@@ -5,12 +5,14 @@ dilation, conv groups, input size, dense channel counts). For each signature the
 copy of the layer (random weights, batch ``batch``, ``torch.inference_mode``, median of ``repeats`` runs
 after ``warmup`` runs, milliseconds) on a grid of kept input x output channel counts (``grid`` fractions of
 the dense counts; depthwise layers: a 1-d grid) and predicts any other count by bilinear interpolation.
-A layer with no input or output channel left costs 0.
+A layer with no input or output channel left costs 0. What the layers leave out of the dense model's
+end-to-end time (BatchNorm, activations, additions, pooling, per-op dispatch) is measured once per
+architecture and added as a constant overhead, so that predicted *ratios* stay honest at small sizes.
 
 Tables are cached as JSON in ``cache_dir`` (one file per device: processor, torch version, device, threads
 and batch in the file name's hash), so the layers of a model are measured once per machine. The model's
-latency estimate is the sum over its conv/linear calls; BatchNorm, activations, additions and pooling are
-not in it (``benchmarks/latency.py`` measures how far the estimate is from end-to-end timings).
+latency estimate is the overhead plus the sum over its conv/linear calls (``benchmarks/latency.py`` measures
+how far the estimate is from end-to-end timings of compact models).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from torch import nn
 from .io import atomic_write_text
 from .structure import DependencyGraph, Keep, Layer
 
+TIMED = ("conv", "grouped", "depthwise", "linear")  # the layer kinds the table times
 GRID = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 Timer = Callable[[nn.Module, torch.Tensor], float]  # milliseconds of one forward pass
 
@@ -59,6 +62,13 @@ def signature(layer: Layer) -> str:
         return (f"conv{mode}|k{tuple(m.kernel_size)}|s{tuple(m.stride)}|p{tuple(m.padding)}|d{tuple(m.dilation)}"
                 f"|b{int(m.bias is not None)}|in{layer.in_hw}|out{layer.out_hw}|{m.in_channels}x{m.out_channels}")
     return f"linear|b{int(m.bias is not None)}|pos{layer.out_hw}|{m.in_features}x{m.out_features}"
+
+
+def architecture_key(graph: DependencyGraph) -> str:
+    """A hash of the input shape and every layer's name and signature: which model an overhead belongs to."""
+    text = repr(graph.input_shape) + "".join(
+        f"{la.name}:{la.kind.name}:{signature(la) if la.kind.name in TIMED else ''};" for la in graph.layers)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _cpu_name() -> str:
@@ -96,8 +106,9 @@ class LatencyTable:
     with :meth:`for_graph`; :meth:`predict` answers for any kept counts.
     """
 
-    def __init__(self, entries: dict | None = None, device: str = ""):
+    def __init__(self, entries: dict | None = None, device: str = "", overheads: dict | None = None):
         self.entries: dict[str, dict] = dict(entries or {})
+        self.overheads: dict[str, float] = dict(overheads or {})  # architecture -> ms outside conv/linear layers
         self.device = device  # where the timings were taken (:meth:`device_key`)
 
     @staticmethod
@@ -109,10 +120,12 @@ class LatencyTable:
 
     @classmethod
     def for_graph(cls, graph: DependencyGraph, *, device: str = "cpu", batch: int = 1, grid: Sequence[float] = GRID,
-                  cache_dir: str | Path | None = None, timer: Timer | None = None) -> "LatencyTable":
+                  cache_dir: str | Path | None = None, timer: Timer | None = None,
+                  model: nn.Module | None = None) -> "LatencyTable":
         """The table for every conv/linear of ``graph``: read from ``cache_dir`` where measured before on this
         device, measured (and added to the cache) otherwise. ``timer``: how to time a module on an input
-        (default :func:`median_ms`; tests pass a deterministic one)."""
+        (default :func:`median_ms`; tests pass a deterministic one). ``model``: the traced model; when given,
+        its end-to-end time minus its layers' is kept as the architecture's :meth:`overhead`."""
         key = cls.device_key(device, batch=batch)
         path = lock = None
         table = cls(device=key)
@@ -127,16 +140,28 @@ class LatencyTable:
                     stored = json.loads(path.read_text())
                     if stored.get("device") == key:
                         table.entries.update(stored["entries"])
+                        table.overheads.update(stored.get("overheads", {}))
                 except (OSError, ValueError, KeyError):
                     pass  # a torn or foreign file: measured again and rewritten
-            missing = {signature(la): la for la in graph.layers if la.kind.name in ("conv", "grouped", "depthwise",
-                                                                                     "linear")}
+            missing = {signature(la): la for la in graph.layers if la.kind.name in TIMED}
             missing = {s: la for s, la in missing.items() if s not in table.entries}
             for sig, layer in missing.items():
                 table.entries[sig] = table._measure(layer, device, batch, grid, timer or median_ms)
-            if missing and path is not None:
-                atomic_write_text(json.dumps({"device": key, "entries": table.entries}) + "\n", path)
+            arch = architecture_key(graph)
+            new_overhead = model is not None and arch not in table.overheads
+            if new_overhead:
+                x = torch.randn(batch, *graph.input_shape, device=device)
+                layers = sum(table.predict(la, *la.kind.dense_widths(la.module)) for la in graph.layers
+                             if la.kind.name in TIMED)
+                table.overheads[arch] = max(0.0, (timer or median_ms)(model.eval(), x) - layers)
+            if (missing or new_overhead) and path is not None:
+                atomic_write_text(json.dumps({"device": key, "entries": table.entries,
+                                              "overheads": table.overheads}) + "\n", path)
         return table
+
+    def overhead(self, graph: DependencyGraph) -> float:
+        """Milliseconds of the architecture's end-to-end time outside its conv/linear layers (0 if not measured)."""
+        return self.overheads.get(architecture_key(graph), 0.0)
 
     @staticmethod
     def _measure(layer: Layer, device: str, batch: int, grid: Sequence[float], timer: Timer) -> dict:
@@ -190,17 +215,18 @@ class LatencyCost:
 
     def __init__(self, table: LatencyTable, batch: int = 1, device: str = "cpu"):
         self.table, self.batch, self.device = table, batch, device
-        self.definition = (f"latency = predicted milliseconds per batch of {batch} of the Conv2d and Linear layers "
-                           f"(per-layer table measured on {table.device}; BatchNorm, activations, additions and "
-                           f"pooling not counted)")
+        self.definition = (f"latency = predicted milliseconds per batch of {batch}: the Conv2d and Linear layers "
+                           f"from a per-layer table measured on {table.device}, plus the rest of the dense model's "
+                           f"measured time as a constant")
 
     def layer_cost(self, graph: DependencyGraph, layer: Layer, keep: Keep | None = None) -> float:
-        if layer.kind.name not in ("conv", "grouped", "depthwise", "linear"):
+        if layer.kind.name not in TIMED:
             return 0.0
         return self.table.predict(layer, graph.width(layer.in_layout, keep), graph.width(layer.out_layout, keep))
 
     def cost(self, graph: DependencyGraph, keep: Keep | None = None) -> float:
-        return sum(self.layer_cost(graph, layer, keep) for layer in graph.layers)
+        """The architecture's overhead plus the predicted time of its conv/linear layers at ``keep``."""
+        return self.table.overhead(graph) + sum(self.layer_cost(graph, layer, keep) for layer in graph.layers)
 
     def measure(self, model: nn.Module, input_shape: Sequence[int]) -> float:
         device = next(model.parameters()).device

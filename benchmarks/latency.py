@@ -74,7 +74,7 @@ def part_prediction(name: str, args) -> list[dict]:
     model = build_model(ModelSpec(name)).eval()
     graph = trace(model, SHAPE)
     began = time.time()
-    table = LatencyTable.for_graph(graph, cache_dir=args.cache_dir)
+    table = LatencyTable.for_graph(graph, cache_dir=args.cache_dir, model=model)
     built = time.time() - began
     cost = LatencyCost(table)
     rng = random.Random(0)

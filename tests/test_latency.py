@@ -85,3 +85,21 @@ def test_accuracy_mode_refuses_a_latency_cost(tmp_path, capsys):
     assert code == 2 and "needs a count" in capsys.readouterr().err
     with pytest.raises(AmcError, match="needs a table"):
         Budget(trace(build_model(ModelSpec("resnet8", 10, (3, 16, 16))), (3, 16, 16)), "latency", 0.5)
+
+
+def test_the_rest_of_the_dense_time_is_a_cached_constant_overhead(graph, tmp_path):
+    model = build_model(ModelSpec("resnet8", 10, (3, 16, 16)))
+
+    def timer(module, x):  # the whole model takes 20 ms, its layers what bilinear_timer says
+        return 20.0 if module is model else bilinear_timer(module, x)
+
+    table = LatencyTable.for_graph(graph, cache_dir=tmp_path, timer=timer, model=model)
+    cost = LatencyCost(table)
+    assert cost.cost(graph) == pytest.approx(20.0)  # dense estimate = dense measurement
+    layers_only = cost.cost(graph) - table.overhead(graph)
+    assert 0 < layers_only < 20.0
+    keep = {g.name: max(1, g.channels // 2) for g in graph.prunable}
+    assert cost.cost(graph, keep) == pytest.approx(table.overhead(graph) + sum(
+        cost.layer_cost(graph, layer, keep) for layer in graph.layers))
+    again = LatencyTable.for_graph(graph, cache_dir=tmp_path, timer=refusing_timer, model=model)
+    assert again.overhead(graph) == table.overhead(graph)

@@ -265,7 +265,7 @@ def _open_task(cfg: SearchConfig) -> PruningTask:
     if evaluator is not None:
         task.score(task.model)  # the evaluator works (returns a number) on the dense model
     if cfg.env.cost == "latency":
-        table = LatencyTable.for_graph(task.graph, device=cfg.device, cache_dir=cfg.cache_dir)
+        table = LatencyTable.for_graph(task.graph, device=cfg.device, cache_dir=cfg.cache_dir, model=task.model)
         task.costs["latency"] = LatencyCost(table, device=cfg.device)
     return task
 

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     model, spec, _ = open_from_args(args, model_cfg)
     graph = trace(model, spec.input_shape, model_cfg.exclude)
     cache = None if args.cache_dir == "none" else args.cache_dir
-    cost = LatencyCost(LatencyTable.for_graph(graph, cache_dir=cache)) if env.cost == "latency" else env.cost
+    cost = LatencyCost(LatencyTable.for_graph(graph, cache_dir=cache, model=model)) if env.cost == "latency" else env.cost
     policy = uniform_policy(model, spec.input_shape, env.target, cost, round_to=env.round_to, lbound=env.lbound,
                             exclude=model_cfg.exclude, prune=section(args, "prune"), model_spec=spec.to_dict(),
                             graph=graph)
