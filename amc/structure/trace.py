@@ -26,10 +26,10 @@ the common part then spans g interleaved output channels (``mult`` g).
 A group is *prunable* unless something it touches cannot be sliced, and the reason is recorded
 instead of raising: the model's input or output, an op the analysis does not know, channel padding
 (the option-A shortcut of CIFAR ResNets), a module called twice, a channel shuffle whose parts are
-laid out differently (ShuffleNetV2's stream after its first unit), a per-channel tensor that is not a parameter or buffer (computed
-in the forward pass), or the user's ``exclude`` patterns. Every conv, linear, BatchNorm and LayerNorm
-call is recorded as a layer, also when it cannot be sliced (its groups are then pinned), so cost
-accounting always covers the whole model.
+laid out differently (ShuffleNetV2's stream after its first unit), a per-channel tensor that is not a
+parameter or buffer (computed in the forward pass), or the user's ``exclude`` patterns. Every conv,
+linear, BatchNorm and LayerNorm call is recorded as a layer, also when it cannot be sliced (its groups
+are then pinned), so cost accounting always covers the whole model.
 
 The union-find's integer space ids are private to this module: :func:`trace` returns a
 :class:`~amc.structure.graph.DependencyGraph` whose layouts and groups are keyed by group name.
@@ -188,6 +188,7 @@ class _Tracer:
         self._sizes: set[fx.Node] = set()  # values computed from tensor sizes (x.size(), x.shape)
         self._calls: dict[str, int] = {}
         self._tensors: dict[str, torch.Tensor] = {}  # parameters and buffers by qualified name
+        self._modules: dict[str, nn.Module] = {}  # modules by qualified name
         self.fixed_params = 0
         self._trace(model)
 
