@@ -46,6 +46,8 @@ def test_macs_are_half_of_torch_flop_counter(name):
 def test_cost_model_registry():
     assert cost_model("flops").name == "macs" and cost_model("params").name == "params"
     with pytest.raises(AmcError, match="unknown cost"):
+        cost_model("energy")
+    with pytest.raises(AmcError, match="needs a table measured for the model"):
         cost_model("latency")
 
 

@@ -100,8 +100,9 @@ def summary_text(episodes: pd.DataFrame, baselines: dict, best: dict) -> str:
              f"- episodes: {len(episodes)} ({', '.join(f'{k}: {v}' for k, v in episodes.phase.value_counts().items())})",
              f"- best reward: {metrics.get('reward', float('nan')):.4f} at episode {metrics.get('episode')} "
              f"({'search-split top-1' if 'top1' in metrics else 'evaluator score'} "
-             f"{metrics.get('top1', metrics.get('score', float('nan'))):.4f}, MACs ratio "
-             f"{metrics.get('macs_ratio', float('nan')):.4f}, params ratio {metrics.get('params_ratio', float('nan')):.4f})"]
+             f"{metrics.get('top1', metrics.get('score', float('nan'))):.4f}"
+             + "".join(f", {'MACs' if c == 'macs' else c} ratio {metrics[f'{c}_ratio']:.4f}"
+                       for c in ("macs", "params", "latency") if f"{c}_ratio" in metrics) + ")"]
     if "uniform" in baselines:
         u = baselines["uniform"]
         lines.append(f"- uniform policy (ratio {u['ratio']:.4f}): reward {u['reward']:.4f}, "
