@@ -55,11 +55,14 @@ def torch_pruning_ratios(policy: Policy, graph: DependencyGraph | None = None) -
         raise AmcError("Torch-Pruning prunes channels; this is a weight policy (export it as nni or csv)")
     graph = graph or architecture_graph(policy)
     producers = _producers(policy, graph)
+    keep = {d.name: d.kept_channels for d in policy.groups}
     ratios: dict[str, float] = {}
     for d in policy.groups:
         if d.kept_channels < d.channels:
-            for name in producers[d.name]:
-                ratios[name] = round((d.channels - d.kept_channels - 0.5) / d.channels, 9)
+            for name in producers[d.name]:  # by the module's own output width (a chunked group spans it twice)
+                layout = graph.layer[name].out_layout
+                dense, kept = graph.width(layout), graph.width(layout, keep)
+                ratios[name] = round((dense - kept - 0.5) / dense, 9)
     return ratios
 
 
