@@ -189,6 +189,30 @@ def save_model(path: str | Path, model: nn.Module, spec: ModelSpec, **extra: Any
                  **extra}, path)
 
 
+def export_torchscript(model: nn.Module, input_shape: tuple[int, ...], path: str | Path) -> str:
+    """Save ``model`` as TorchScript (``torch.jit.trace`` on a batch of 2), load it back and check its outputs.
+
+    Returns a one-line description of what was checked."""
+    x = torch.randn(2, *input_shape)
+    model = model.cpu().eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer notes about Python values in the forward pass
+            traced = torch.jit.trace(model, x)
+    except Exception as exc:
+        raise AmcError(f"TorchScript export failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
+            from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch >= 2.10 marks TorchScript deprecated (torch.export is its successor)
+        atomic_write(path, lambda t: torch.jit.save(traced, t))
+        loaded = torch.jit.load(str(path))
+    with torch.no_grad():
+        diff = float((loaded(x) - model(x)).abs().max())
+    if diff > 1e-4:
+        raise AmcError(f"the saved TorchScript module's outputs differ from torch by {diff:.2e}")
+    return f"saved; loaded back, outputs match (max |diff| {diff:.1e}); load with torch.jit.load"
+
+
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path) -> str:
     """Export ``model`` to ONNX; when onnxruntime is installed, check its outputs against torch's.
 

@@ -128,3 +128,21 @@ def test_ratios_by_any_producer_name_and_their_errors():
         policy_from_ratios(model, (3, 8, 8), {"fc": 0.5})
     with pytest.raises(AmcError, match=r"in \(0, 1\]"):
         policy_from_ratios(model, (3, 8, 8), {"stem": 0.0})
+
+
+def test_apply_saves_a_torchscript_module_that_loads_back_without_amc(uniform, tmp_path):
+    policy, d = uniform
+    torch.manual_seed(0)
+    spec = ModelSpec("resnet20")
+    from amc.io import save_model
+    save_model(tmp_path / "dense.pt", build_model(spec), spec)
+    script = tmp_path / "compact.ts"
+    assert main(["apply", str(d / "policy.json"), "--checkpoint", str(tmp_path / "dense.pt"), "--no-recovery",
+                 "--out", str(tmp_path / "compact.pt"), "--torchscript", str(script)]) == 0
+    loaded = torch.jit.load(str(script))
+    compact, _, _ = amc.io.open_model(None, tmp_path / "compact.pt")
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), compact(x))
+    widths = {n: m.weight.shape[0] for n, m in loaded.named_modules() if n.endswith("conv1") and hasattr(m, "weight")}
+    assert widths["layer1.0.conv1"] == {g.name: g.kept_channels for g in policy.groups}["layer1.0.conv1"]

@@ -13,7 +13,7 @@ from ..config import replace, validate
 from ..data import normalization
 from ..errors import AmcError
 from ..evaluation import evaluate
-from ..io import export_onnx, save_model
+from ..io import export_onnx, export_torchscript, save_model
 from ..policy import Policy
 from ..prune import needs_calibration
 from .args import add_flags, add_model_arg, command_line, print_table, section
@@ -39,6 +39,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="where to save the pruned model (.pt)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--onnx", help="also export ONNX to this file (checked with onnxruntime when installed)")
+    p.add_argument("--torchscript", help="also save the compact model as TorchScript to this file (loaded back "
+                   "and checked against torch)")
     p.set_defaults(func=run)
 
 
@@ -51,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = (args.policy, model_cfg.checkpoint)
     check_output(args.out, inputs=inputs, overwrite=args.overwrite)
     check_output(args.onnx, inputs=inputs + (args.out,), overwrite=args.overwrite)
+    check_output(args.torchscript, inputs=inputs + (args.out, args.onnx), overwrite=args.overwrite)
     finetune_dir = Path(args.out).with_suffix("").as_posix() + "_finetune"
     if args.finetune_epochs > 0:
         check_output(finetune_dir, inputs=inputs, overwrite=args.overwrite, folder=True)
@@ -104,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"pruned model: {args.out} (load with amc.io.open_model(None, '{args.out}'))")
     if args.onnx:
         print(f"ONNX {args.onnx}: {export_onnx(compact.cpu().eval(), spec.input_shape, args.onnx)}")
+    if args.torchscript:
+        print(f"TorchScript {args.torchscript}: "
+              f"{export_torchscript(compact.cpu().eval(), spec.input_shape, args.torchscript)}")
     print(json.dumps({"timings": {k: round(v, 3) for k, v in applied.timings.items()}}))
     return 0
 
