@@ -11,9 +11,11 @@ import sys
 import warnings
 
 from ..errors import AmcError, AmcWarning
-from . import apply, demo, evaluate, export, inspect, lottery, prune, report, rigl, search, sensitivity, train, uniform
+from . import (apply, demo, evaluate, export, inspect, lottery, prune, report, rigl, search, sensitivity, sweep,
+               train, uniform)
 
-COMMANDS = (train, evaluate, inspect, uniform, search, apply, export, prune, sensitivity, lottery, rigl, report, demo)
+COMMANDS = (train, evaluate, inspect, uniform, search, sweep, apply, export, prune, sensitivity, lottery, rigl, report,
+            demo)
 
 
 class Parser(argparse.ArgumentParser):

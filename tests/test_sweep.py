@@ -1,0 +1,55 @@
+"""amc sweep: a grid of searches through Ray Tune (local), each trial a run folder; a rerun resumes, not redoes."""
+import pandas as pd
+import pytest
+import torch
+
+from amc.cli import main
+from amc.io import save_model
+from amc.models import ModelSpec, build_model
+from amc_agents.sweep import Trial, aggregate, grid
+
+pytest.importorskip("ray.tune")  # an optional extra: pip install amc[ray]
+
+FLAGS = ["--model", "resnet8", "--input-shape", "3", "16", "16", "--dataset", "synthetic", "--holdout", "100",
+         "--search-images", "50", "--calibration-images", "40", "--bn-batches", "1", "--agent", "random",
+         "--cache-dir", "none", "--threads", "1"]
+
+
+def test_grid_and_aggregate_are_plain_functions():
+    trials = grid([0.5, 0.7], [0, 1], ["random"])
+    assert [t.name for t in trials] == ["target0.5-seed0-random", "target0.5-seed1-random",
+                                        "target0.7-seed0-random", "target0.7-seed1-random"]
+    rows = pd.DataFrame({"target": [0.5, 0.5], "agent": ["random"] * 2, "best_reward": [-0.2, -0.4],
+                         "best_top1": [0.8, 0.6], "uniform_reward": [-0.5, -0.5]})
+    assert "| 0.5 | random | 2 | -0.3000 ± 0.1414 | 0.7000 ± 0.1414 | -0.5000 ± 0.0000 |" in aggregate(rows)
+
+
+def test_two_trials_run_on_local_ray_a_killed_trial_resumes_and_finished_ones_are_kept(tmp_path):
+    torch.manual_seed(0)
+    spec = ModelSpec("resnet8", 10, (3, 16, 16))
+    save_model(tmp_path / "dense.pt", build_model(spec), spec)
+    ck = ["--checkpoint", str(tmp_path / "dense.pt")]
+    killed = tmp_path / "sw" / "trials" / Trial(0.7, 0, "random").name
+    # a trial that stopped after 1 of its 3 episodes (as a killed one does)
+    assert main(["search", *FLAGS, *ck, "--target", "0.7", "--seed", "0", "--episodes", "1", "--quiet",
+                 "--out", str(killed)]) == 0
+    first_row = pd.read_csv(killed / "episodes.csv").iloc[0]
+    argv = ["sweep", *FLAGS, *ck, "--targets", "0.5", "0.7", "--episodes", "3", "--out", str(tmp_path / "sw")]
+    assert main(argv) == 0
+    table = pd.read_csv(tmp_path / "sw" / "sweep.csv")
+    assert sorted(table.target) == [0.5, 0.7] and (table.episodes == 3).all()
+    assert (table.best_macs_ratio <= table.target + 1e-9).all()
+    resumed = pd.read_csv(killed / "episodes.csv")
+    assert len(resumed) == 3 and resumed.iloc[0].equals(first_row)  # continued, nothing lost or doubled
+    done = tmp_path / "sw" / "trials" / Trial(0.5, 0, "random").name
+    before = (done / "episodes.csv").read_bytes()
+    assert main(argv) == 0  # the same sweep again: every trial finished, nothing is run twice
+    assert (done / "episodes.csv").read_bytes() == before and len(pd.read_csv(killed / "episodes.csv")) == 3
+    assert "| 0.5 | random | 1 |" in (tmp_path / "sw" / "summary.md").read_text()
+
+
+def test_a_sweep_refuses_another_plan_in_the_same_folder(tmp_path, capsys):
+    (tmp_path / "sw").mkdir()
+    (tmp_path / "sw" / "sweep.json").write_text('{"base": {}, "trials": []}')
+    code = main(["sweep", *FLAGS, "--targets", "0.5", "--episodes", "2", "--out", str(tmp_path / "sw")])
+    assert code == 2 and "other settings" in capsys.readouterr().err
