@@ -46,6 +46,8 @@ def test_two_trials_run_on_local_ray_a_killed_trial_resumes_and_finished_ones_ar
     assert main(argv) == 0  # the same sweep again: every trial finished, nothing is run twice
     assert (done / "episodes.csv").read_bytes() == before and len(pd.read_csv(killed / "episodes.csv")) == 3
     assert "| 0.5 | random | 1 |" in (tmp_path / "sw" / "summary.md").read_text()
+    front = pd.read_csv(tmp_path / "sw" / "front" / "pareto.csv")  # refreshed by the rerun
+    assert set(front.run.map(lambda r: r.split("/")[-1])) <= {t.name for t in grid([0.5, 0.7], [0], ["random"])}
 
 
 def test_a_sweep_refuses_another_plan_in_the_same_folder(tmp_path, capsys):

@@ -6,13 +6,14 @@ trials (locally by default, on a Ray cluster given its address); each trial call
 readable like any ``amc search`` run. Running the same sweep again skips the trials whose folders hold a
 finished run and resumes the others (a crashed or killed trial continues where it stopped). The results
 are read back from the run folders: ``OUT/sweep.csv`` (one row per trial) and ``OUT/summary.md`` (mean ±
-std over seeds per target and agent). Ray is an optional dependency (``pip install amc[ray]``).
+std over seeds per target and agent); :func:`write_front` adds the Pareto front over all trials. Ray is an optional dependency (``pip install amc[ray]``).
 """
 from __future__ import annotations
 
 import itertools
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,20 @@ def aggregate(rows: pd.DataFrame) -> str:
         lines.append(f"| {target:g} | {agent} | {len(part)} | {ms('best_reward')} | {ms(score)} | "
                      f"{ms('uniform_reward')} |")
     return "\n".join(lines) + "\n"
+
+
+def write_front(out: str | Path, trials: Sequence[Trial]) -> Path:
+    """The Pareto front over the sweep's trial folders, (re)written as ``OUT/front`` (built beside it, then swapped
+    in: a rerun of the sweep refreshes its own front)."""
+    from .pareto import write_pareto  # noqa: PLC0415
+
+    out = Path(out)
+    fresh, front = out / ".front.tmp", out / "front"
+    shutil.rmtree(fresh, ignore_errors=True)
+    write_pareto([out / "trials" / t.name for t in trials], fresh)
+    shutil.rmtree(front, ignore_errors=True)
+    fresh.rename(front)
+    return front
 
 
 def run_sweep(base: SearchConfig, trials: Sequence[Trial], out: str | Path, *, address: str | None = None,

@@ -22,7 +22,8 @@ def add_parser(sub) -> None:
     p.add_argument("--targets", type=float, nargs="+", required=True, help="cost targets (fractions of dense)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="search seeds (default 0)")
     p.add_argument("--agents", nargs="+", help="searchers to compare (default: --agent's, ddpg)")
-    p.add_argument("--out", required=True, help="sweep folder: trials/<name>/ run folders, sweep.csv, summary.md")
+    p.add_argument("--out", required=True, help="sweep folder: trials/<name>/ run folders, sweep.csv, summary.md, "
+                   "front/ (the Pareto front over all trials)")
     p.add_argument("--address", help="Ray cluster address (auto, ray://host:10001); default: a local Ray")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: one per CPU)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs Ray reserves per trial (default 1)")
@@ -30,7 +31,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from amc_agents.sweep import grid, run_sweep  # noqa: PLC0415
+    from amc_agents.sweep import grid, run_sweep, write_front  # noqa: PLC0415
 
     cfg = search_config(args, _base(args))
     if cfg.cache_dir is None:
@@ -45,5 +46,7 @@ def run(args: argparse.Namespace) -> int:
     began = time.time()
     rows = run_sweep(cfg, trials, args.out, address=args.address, max_concurrent=args.max_concurrent,
                      cpus_per_trial=args.cpus_per_trial)
-    print(f"{len(rows)} trials in {time.time() - began:.0f} s; {args.out}/sweep.csv, {args.out}/summary.md")
+    front = write_front(args.out, trials)
+    print(f"{len(rows)} trials in {time.time() - began:.0f} s; {args.out}/sweep.csv, {args.out}/summary.md, "
+          f"Pareto front in {front}")
     return 0
