@@ -271,6 +271,7 @@ def cases():
                                             "--data-dir", "{d}/classes5"], "labels up to 4"),
         ("inspect-exclude", ["inspect", "resnet20", "--exclude", "layr1.*"], "matches no"),
         ("inspect-unknown", ["inspect", "resnet21"], "unknown model"),
+        ("inspect-factory-needs-input-shape", ["inspect", "tests.nets:fixed_224_factory"], "--input-shape"),
         ("inspect-lbound", ["inspect", "resnet20", "--lbound", "0"], "bounds"),
         ("inspect-round", ["inspect", "resnet20", "--round-to", "0"], "round_to"),
         ("inspect-garbage-checkpoint", ["inspect", "--checkpoint", "{d}/garbage.pt"], "cannot read"),

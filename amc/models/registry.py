@@ -8,6 +8,8 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import inspect
+import os
+import sys
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Callable
@@ -76,6 +78,9 @@ def import_object(path: str, what: str = "model") -> Callable:
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise AmcError(f"{what} '{path}' must look like package.module:name")
+    here = os.getcwd()
+    if "" not in sys.path and here not in sys.path:  # console scripts do not look in the working folder; python -m does
+        sys.path.append(here)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -36,7 +36,9 @@ The union-find's integer space ids are private to this module: :func:`trace` ret
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import io
 import itertools
 import math
 import operator
@@ -206,13 +208,15 @@ class _Tracer:
         device = next(model.parameters()).device
         self._tensors = {**dict(model.named_buffers()), **dict(model.named_parameters())}
         self._modules = dict(model.named_modules())
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints a traceback on errors
             try:
                 gm.eval()
                 ShapeProp(gm).propagate(torch.zeros(1, *self.input_shape, device=device))
             except Exception as exc:
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise AmcError(f"model does not run on input shape {self.input_shape}: {first}") from None
+                cause = exc.__cause__ or exc  # ShapeProp wraps the model's own error
+                first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+                raise AmcError(f"model does not run on input shape {self.input_shape}: {first} (give the model's input "
+                               f"shape C H W, e.g. --input-shape 3 224 224)") from None
         for node in gm.graph.nodes:
             self._visit(node, gm)
         in_layers = {id(p) for layer in self.layers for p in layer.kind.owned(layer.module)}
