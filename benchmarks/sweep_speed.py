@@ -7,8 +7,9 @@ ResNet-20, random search (``--agent random``), ``--search-images`` images, 1 thr
 targets x seeds grid runs twice from scratch: sequentially in this process (:func:`amc_agents.run_search`
 per trial) and as one sweep on a local Ray with ``--concurrent`` trials at once
 (:func:`amc_agents.sweep.run_sweep`). Run it alone on the machine. Writes ``record.json`` (both wall times,
-the speed-up, the per-trial best rewards of both ways, which must be equal) and the sweep's own
-``sweep.csv`` / ``summary.md``.
+the speed-up, the per-trial best rewards of both ways, which must be equal), the sweep's own
+``sweep.csv`` / ``summary.md`` and its Pareto front over all trials (``front/``: the plot of one multi-target
+sweep).
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from amc.io import atomic_write_text
     from amc.provenance import provenance
     from amc_agents import run_search
-    from amc_agents.sweep import grid, run_sweep
+    from amc_agents.sweep import grid, run_sweep, write_front
 
     base = SearchConfig(model=ModelConfig(name="resnet20", checkpoint=str(Path(args.checkpoint).resolve())),
                         data=DataConfig(dataset="cifar10", data_dir=args.data_dir, search_images=args.search_images),
@@ -63,9 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     began = time.time()
     rows = run_sweep(base, trials, work / "sweep", max_concurrent=args.concurrent)
     sweep_s = time.time() - began
+    write_front(work / "sweep", trials)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("sweep.csv", "summary.md"):
         shutil.copy(work / "sweep" / name, out / name)
+    shutil.rmtree(out / "front", ignore_errors=True)
+    shutil.copytree(work / "sweep" / "front", out / "front")
     parallel = dict(zip(rows.trial, rows.best_reward))
     record = {"benchmark": "local amc sweep vs sequential searches", "trials": [t.name for t in trials],
               "episodes": args.episodes, "search_images": args.search_images, "concurrent": args.concurrent,
