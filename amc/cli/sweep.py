@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 from ..config import replace, validate
@@ -32,6 +33,8 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from amc_agents.sweep import grid, run_sweep, write_front  # noqa: PLC0415
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray Tune's reporter then honours verbose=0: our own lines only
 
     cfg = search_config(args, _base(args))
     if cfg.cache_dir is None:
