@@ -103,3 +103,12 @@ def test_the_rest_of_the_dense_time_is_a_cached_constant_overhead(graph, tmp_pat
         cost.layer_cost(graph, layer, keep) for layer in graph.layers))
     again = LatencyTable.for_graph(graph, cache_dir=tmp_path, timer=refusing_timer, model=model)
     assert again.overhead(graph) == table.overhead(graph)
+
+
+def test_uniform_command_meets_a_latency_target_with_a_cached_table(tmp_path):
+    out = tmp_path / "p.json"
+    assert main(["uniform", "resnet8", "--input-shape", "3", "16", "16", "--cost", "latency", "--target", "0.85",
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    policy = json.loads(out.read_text())
+    assert policy["cost"]["name"] == "latency" and policy["metrics"]["latency_ratio"] <= 0.85
+    assert len(list((tmp_path / "cache" / "latency").glob("*.json"))) == 1
