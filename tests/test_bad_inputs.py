@@ -303,6 +303,10 @@ def cases():
                                 "--out", "{d}/notes.txt"], "already exists"),
         ("import-pinned-group", ["import-ratios", "{d}/ratios_linear.json", "resnet20", "--out", "{d}/u.json"],
          "model output"),
+        ("prune-latency", ["prune", "resnet20", "--granularity", "channel", "--target", "0.5", "--cost", "latency",
+                           "--random-init", "--out", "{d}/x.pt"], "amc prune budgets macs or params"),
+        ("sensitivity-latency", ["sensitivity", "resnet8", *TINY, *DATA, "--cost", "latency", "--target", "0.5",
+                                 "--out", "{d}/new"], "amc sensitivity budgets macs or params"),
         ("unknown-command", ["prune-everything"], "invalid choice"),
         ("unknown-flag", ["search", "--turbo"], "unrecognized"),
     ]

@@ -269,3 +269,30 @@ def test_data_criteria_on_a_channels_last_linear_consumer(name):
     for g in graph.prunable:
         scores = criterion(name).channel_scores(ctx, g)
         assert scores.shape == (g.channels,) and torch.isfinite(scores).all()
+
+
+class _LiteralShuffle(nn.Module):
+    """A shuffle written with numbers (or a no-op transpose): followed neither way, the channels stay."""
+
+    def __init__(self, literal: bool, dims=(1, 2)):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 6, 1)
+        self.literal, self.dims = literal, dims
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x):
+        y = self.a(x)
+        n, c, h, w = y.size()
+        y = y.view(n, 2, 4, h, w) if self.literal else y.view(n, 2, c // 2, h, w)
+        y = torch.transpose(y, *self.dims).contiguous().view(n, -1, h, w)
+        return self.fc(self.b(y).mean((2, 3)))
+
+
+@pytest.mark.parametrize("literal,dims,reason", [(True, (1, 2), "written as a constant"),
+                                                 (False, (1, -4), "not followed")])
+def test_shuffles_written_with_constants_or_no_op_transposes_pin_their_channels(literal, dims, reason):
+    model = _LiteralShuffle(literal, dims).eval()
+    graph = trace(model, SHAPE)
+    assert not graph.group["a"].prunable and reason in graph.group["a"].reason
+    assert MacsCost().cost(graph) == _flop_macs(model)
+    assert trace(_LiteralShuffle(False).eval(), SHAPE).group["a"].prunable  # the same shuffle from sizes is followed

@@ -55,3 +55,22 @@ def test_a_sweep_refuses_another_plan_in_the_same_folder(tmp_path, capsys):
     (tmp_path / "sw" / "sweep.json").write_text('{"base": {}, "trials": []}')
     code = main(["sweep", *FLAGS, "--targets", "0.5", "--episodes", "2", "--out", str(tmp_path / "sw")])
     assert code == 2 and "other settings" in capsys.readouterr().err
+
+
+def test_a_weight_trial_resumes_and_a_trial_stopped_before_its_first_checkpoint_starts_over(tmp_path):
+    """run_trial without Ray: the stored (weight-search) config is what a resume compares with."""
+    from amc.config import DataConfig, EnvConfig, ModelConfig, PruneConfig, SearchConfig, to_dict
+    from amc_agents.sweep import run_trial
+
+    base = SearchConfig(model=ModelConfig(name="resnet8", input_shape=(3, 16, 16)),
+                        data=DataConfig(dataset="synthetic", holdout=100, search_images=50),
+                        prune=PruneConfig(granularity="weight"), env=EnvConfig(cost="params", lbound=0.05),
+                        episodes=1, threads=1, cache_dir=None)
+    trial = Trial(0.5, 0, "random")
+    folder = tmp_path / trial.name
+    assert run_trial(to_dict(base), trial, str(folder))["episodes"] == 1
+    row = run_trial(to_dict(SearchConfig(**{**base.__dict__, "episodes": 2})), trial, str(folder))
+    assert row["state_before"] == "partial" and row["episodes"] == 2
+    (folder / "checkpoint.pt").unlink()  # as if killed before the first checkpoint of a fresh trial
+    row = run_trial(to_dict(base), trial, str(folder))
+    assert row["state_before"] == "new" and row["episodes"] == 1

@@ -120,8 +120,9 @@ def write_pareto(runs: Sequence[str | Path], out: str | Path, cost: str | None =
     (out / "policies").mkdir(parents=True, exist_ok=True)
     graphs: dict = {}
     names = []
+    index = {str(run): i for i, run in enumerate(runs)}  # runs may share a folder name (a/seed0, b/seed0)
     for _, row in front.iterrows():
-        name = f"{Path(row['run']).name}-episode{int(row['episode'])}.json"
+        name = f"run{index[row['run']]}-{Path(row['run']).name}-episode{int(row['episode'])}.json"
         policy_of(row["run"], row, graphs).save(out / "policies" / name)
         names.append(f"policies/{name}")
     table = front.assign(policy=names)

@@ -8,6 +8,7 @@ checkpoints before every episode) and nothing else: the environment prunes and s
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import uuid
 import warnings
@@ -144,7 +145,8 @@ class SearchRunner:
         key = "uniform-" + digest(self.task.model, self.task.search_images, self.task.search_labels,
                                   self.task.engine.calibration.images if self.task.engine.calibration else 0,
                                   asdict(self.cfg.env), asdict(self.task.prune_config), asdict(self.task.calibration),
-                                  list(self.task.exclude))
+                                  list(self.task.exclude),
+                                  latency_digest(self.task.costs["latency"]) if "latency" in self.task.costs else 0)
         saved = cache.load_record(key) if cache is not None else None
         if saved is not None:
             ratio, result = saved["ratio"], EpisodeResult(**saved["result"])
@@ -212,7 +214,9 @@ def run_search(cfg: SearchConfig, folder: str | Path, *, resume: bool = False, p
         if resume:
             changed = [k for k, v in store.fingerprints().items() if k in prints and prints[k] != v]
             if changed:
-                raise AmcError(f"--resume on other inputs: the {' and the '.join(changed)} differ from the run's")
+                hint = (" (the latency table is measured per device and thread count and cached in --cache-dir: "
+                        "resume with the run's --device, --threads and --cache-dir)") if "latency table" in changed else ""
+                raise AmcError(f"--resume on other inputs: the {' and the '.join(changed)} differ from the run's{hint}")
         else:
             store.write_fingerprints({**prints, "run id": uuid.uuid4().hex})
         runner = SearchRunner(task, cfg, store, progress)
@@ -280,7 +284,16 @@ def fingerprints(task: PruningTask) -> dict:
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
-    return {"model": tensors_digest(*task.model.state_dict().values()),
-            "data split": tensors_digest(task.search_images, task.search_labels, task.engine.calibration.images)
-            if task.engine.calibration is not None else tensors_digest(task.search_images, task.search_labels)}
+    prints = {"model": tensors_digest(*task.model.state_dict().values()),
+              "data split": tensors_digest(task.search_images, task.search_labels, task.engine.calibration.images)
+              if task.engine.calibration is not None else tensors_digest(task.search_images, task.search_labels)}
+    if "latency" in task.costs:  # the budget's table: another device or thread count would change the budget
+        prints["latency table"] = latency_digest(task.costs["latency"])
+    return prints
+
+
+def latency_digest(cost: LatencyCost) -> str:
+    """Identity of a latency cost model: where it was measured and its timings."""
+    text = json.dumps([cost.table.device, cost.table.entries, cost.table.overheads], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -60,8 +60,9 @@ def portable(cfg: SearchConfig) -> SearchConfig:
 
 
 def trial_state(folder: Path, episodes: int) -> str:
-    """``new`` (no run yet), ``finished`` (``episodes`` episodes logged) or ``partial`` (resume it)."""
-    if not (folder / "config.yaml").is_file():
+    """``new`` (no run yet, or one stopped before its first checkpoint), ``finished`` (``episodes`` episodes
+    logged) or ``partial`` (resume it)."""
+    if not (folder / "config.yaml").is_file() or not (folder / "checkpoint.pt").is_file():
         return "new"
     done = len(RunStore(folder).episodes()) if (folder / "episodes.csv").is_file() else 0
     return "finished" if done >= episodes else "partial"
@@ -69,12 +70,14 @@ def trial_state(folder: Path, episodes: int) -> str:
 
 def run_trial(base: dict, trial: Trial, folder: str) -> dict:
     """Run (or resume, or skip if finished) one trial; returns its summary row. Runs in a Ray worker."""
-    from .search import run_search  # noqa: PLC0415  (the worker imports the search on first use)
+    from .search import run_search, search_config_for  # noqa: PLC0415  (imported in the worker on first use)
 
-    cfg = trial.config(from_dict(SearchConfig, base))
+    cfg = search_config_for(trial.config(from_dict(SearchConfig, base)))  # as a run stores it (resume compares)
     path = Path(folder)
     state = trial_state(path, cfg.episodes)
     began = time.time()
+    if state == "new" and path.exists():
+        shutil.rmtree(path)  # the sweep's own trial folder, stopped before its first checkpoint: nothing to keep
     if state != "finished":
         run_search(cfg, path, resume=state == "partial")
     return {**summary_row(path, trial), "state_before": state, "seconds": time.time() - began}
@@ -124,12 +127,15 @@ def write_front(out: str | Path, trials: Sequence[Trial]) -> Path:
 
 
 def run_sweep(base: SearchConfig, trials: Sequence[Trial], out: str | Path, *, address: str | None = None,
-              max_concurrent: int | None = None, cpus_per_trial: float = 1.0) -> pd.DataFrame:
+              max_concurrent: int | None = None, cpus_per_trial: float = 1.0,
+              gpus_per_trial: float | None = None) -> pd.DataFrame:
     """Run ``trials`` of ``base`` through Ray Tune into ``out``; returns the table written to ``sweep.csv``.
 
     ``address``: a Ray cluster (``auto``, ``ray://host:10001``); default: a local Ray started for the sweep.
-    ``max_concurrent``: trials at once (default: as many as the CPUs allow at ``cpus_per_trial`` each). The
-    trials' folders must be reachable from every node (a shared file system) when ``address`` is a cluster.
+    ``max_concurrent``: trials at once (default: as many as the CPUs allow at ``cpus_per_trial`` each).
+    ``gpus_per_trial``: GPUs Ray gives each trial (default 1 when ``base.device`` is CUDA, else 0: Ray hides
+    GPUs from trials that ask for none). The trials' folders must be reachable from every node (a shared file
+    system) when ``address`` is a cluster.
     """
     try:
         import ray  # noqa: PLC0415
@@ -147,6 +153,7 @@ def run_sweep(base: SearchConfig, trials: Sequence[Trial], out: str | Path, *, a
         raise AmcError(f"{out} holds a sweep with other settings or trials; choose another --out")
     atomic_write_text(json.dumps(plan, indent=2) + "\n", stored)
     base_dict = to_dict(base)
+    gpus = gpus_per_trial if gpus_per_trial is not None else (1.0 if base.device.startswith("cuda") else 0.0)
 
     def trainable(config: dict) -> None:
         trial = Trial(**config["trial"])
@@ -155,7 +162,7 @@ def run_sweep(base: SearchConfig, trials: Sequence[Trial], out: str | Path, *, a
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": cpus_per_trial}),
+        tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus}),
         param_space={"trial": tune.grid_search([t.__dict__ for t in trials])},
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent),
         run_config=tune.RunConfig(name="ray", storage_path=str(out), verbose=0))

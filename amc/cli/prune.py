@@ -125,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
         raise AmcError("no --checkpoint: the model would have random weights (add --random-init if that is intended)")
     prune_cfg = validate(section(args, "prune", policy.prune if policy else None), "prune")
     env = validate(section(args, "env"), "env")
+    if env.cost == "latency":
+        raise AmcError("--cost latency (a table measured on this machine) is for amc search, amc sweep and amc "
+                       "uniform; amc prune budgets macs or params")
     calib_cfg = validate(section(args, "calibration", policy.calibration if policy else None), "calibration")
     data = validate(section(args, "data", policy.data if policy else None), "data") \
         if (args.dataset or (policy and policy.data)) else None

@@ -54,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     prune = validate(section(args, "prune"), "prune")
     calib_cfg = validate(section(args, "calibration"), "calibration")
     env = validate(section(args, "env"), "env")
+    if env.cost == "latency":
+        raise AmcError("--cost latency (a table measured on this machine) is for amc search, amc sweep and amc "
+                       "uniform; amc sensitivity budgets macs or params")
     if (args.target is None) != (args.tolerance is None):
         raise AmcError("an allocated policy needs both --target and --tolerance")
     if args.tolerance is not None and not args.tolerance >= 0:

@@ -28,6 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--address", help="Ray cluster address (auto, ray://host:10001); default: a local Ray")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: one per CPU)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs Ray reserves per trial (default 1)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (default 1 with --device cuda, else 0)")
     p.set_defaults(func=run, resume=None)
 
 
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         validate(t.config(cfg))  # a bad target or agent name fails before Ray starts
     began = time.time()
     rows = run_sweep(cfg, trials, args.out, address=args.address, max_concurrent=args.max_concurrent,
-                     cpus_per_trial=args.cpus_per_trial)
+                     cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
     front = write_front(args.out, trials)
     print(f"{len(rows)} trials in {time.time() - began:.0f} s; {args.out}/sweep.csv, {args.out}/summary.md, "
           f"Pareto front in {front}")

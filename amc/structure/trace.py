@@ -269,7 +269,12 @@ class _Tracer:
         shape = _shape(node)
         if shape is None and _name_of(node) in SPLITS and len(inputs) == 1 and args[0] not in self._last:
             pieces = self._split(node, args[0], inputs[0])
-            sizes = [getattr(m, "shape", (0, 0))[1] for m in node.meta.get("tensor_meta", ())]
+            metas, in_shape = node.meta.get("tensor_meta", ()), _shape(args[0])
+            shapes = [tuple(getattr(m, "shape", ())) for m in metas] if isinstance(metas, (tuple, list)) else []
+            along_channels = bool(shapes) and in_shape is not None and all(
+                len(t) == len(in_shape) and t[0] == in_shape[0] and t[2:] == in_shape[2:] for t in shapes) \
+                and sum(t[1] for t in shapes) == in_shape[1]
+            sizes = [t[1] for t in shapes] if along_channels else []
             if pieces is None and sizes and all(sizes):
                 why = f"'{_name_of(node)}' cuts channels into pieces that cannot be pruned alike"
                 self._block(inputs, why)
@@ -577,16 +582,19 @@ class _Tracer:
         """
         shape = node.args[1] if len(node.args) > 1 else node.kwargs.get("normalized_shape")
         weight = node.args[2] if len(node.args) > 2 else node.kwargs.get("weight")
+        bias = node.args[3] if len(node.args) > 3 else node.kwargs.get("bias")
         if not isinstance(shape, (tuple, list)) or list(shape) != [_features(x)]:
             self._block([x], f"layer_norm over {shape} is not over the channels")
             return x
-        if weight is None:
+        if weight is None and bias is None:
             return x  # no parameters: normalizes the channels that are kept
         owner = str(weight.target).rpartition(".")[0] if isinstance(weight, fx.Node) and weight.op == "get_attr" \
             else None
         module = self._modules.get(owner) if owner is not None else None
-        if not isinstance(module, nn.LayerNorm) or weight.target != (f"{owner}.weight" if owner else "weight"):
-            self._block([x], f"layer_norm '{node.name}' with a weight that is not a LayerNorm module's")
+        prefix = f"{owner}." if owner else ""
+        if not isinstance(module, nn.LayerNorm) or weight.target != f"{prefix}weight" or not (
+                bias is None and module.bias is None or isinstance(bias, fx.Node) and bias.target == f"{prefix}bias"):
+            self._block([x], f"layer_norm '{node.name}' with a weight or bias that is not a LayerNorm module's")
             return x
         name, call = self._count(owner)
         self.layers.append(_Layer(name, module, LAYERNORM, x, x, _positions(_shape(node)), _positions(_shape(node)),
@@ -665,12 +673,15 @@ class _Tracer:
         if len(inputs) == 1 and fname in ("contiguous", "clone"):
             self._shuffles[node] = state
             return inputs[0]
-        swaps = (fname == "transpose" and set(node.args[1:3]) in ({1, 2}, {1, -4}, {2, -3})) or \
-            (fname == "permute" and _dims(node) == (0, 2, 1, 3, 4))
+        dims = [d % 5 for d in node.args[1:3] if isinstance(d, int)] if fname == "transpose" else []
+        swaps = (len(dims) == 2 and set(dims) == {1, 2}) or (fname == "permute" and _dims(node) == (0, 2, 1, 3, 4))
         if len(inputs) == 1 and swaps and not state.transposed:
             self._shuffles[node] = _Shuffle(state.layout, state.groups, state.shape, transposed=True)
             return inputs[0]
         if len(inputs) == 1 and state.transposed and fname in ("view", "reshape", "flatten") and shape == state.shape:
+            if _literal_channels(node, 1):
+                return self._unsupported(node, inputs, f"channel shuffle: '{fname}' restores {shape[1]} channels "
+                                                       f"written as a constant in the model's code")
             return self._interleave(node, state)
         why = f"'{fname}' of a channel-shuffle view is not followed"
         layout = self._unsupported(node, inputs, why)
@@ -720,6 +731,10 @@ class _Tracer:
             return self._unsupported(node, inputs, f"'{fname}' of an unknown shape")
         if len(in_shape) == 4 and len(out_shape) == 5 and out_shape[0] == in_shape[0] \
                 and out_shape[1] * out_shape[2] == in_shape[1] and out_shape[3:] == in_shape[2:]:
+            if _literal_channels(node, 2):  # C / g written as a number: it cannot follow pruned channels
+                why = f"channel shuffle: '{fname}' splits the channels into {out_shape[2]} written as a constant"
+                self._mixed[node] = why
+                return self._unsupported(node, inputs, why)
             self._shuffles[node] = _Shuffle(inputs[0], out_shape[1], in_shape)
             return inputs[0]  # a placeholder: the ops on the 5-d tensor go through _shuffle_step
         fixed = _fixed_sizes(node)
@@ -843,12 +858,26 @@ def _dims(node: fx.Node) -> tuple | None:
     return tuple(dims) if all(isinstance(d, int) for d in dims) else None
 
 
+def _size_args(node: fx.Node) -> list:
+    """The size arguments of a view/reshape/expand, batch first (ints, or nodes computed from sizes)."""
+    sizes = node.kwargs.get("size", node.kwargs.get("shape", node.args[1:]))
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = sizes[0]
+    return list(sizes)
+
+
+def _literal_channels(node: fx.Node, position: int) -> bool:
+    """True when a view/reshape writes the size at ``position`` (a channel dim) as a number > 1 in the code."""
+    if _name_of(node) not in SIZED:
+        return False
+    sizes = _size_args(node)
+    return position < len(sizes) and isinstance(sizes[position], int) and sizes[position] > 1
+
+
 def _fixed_sizes(node: fx.Node) -> tuple[int, ...]:
     """Sizes written as constants where a view/reshape/expand sets the channel (or flattened feature) count."""
     if _name_of(node) not in SIZED:
         return ()
-    sizes = node.kwargs.get("size", node.kwargs.get("shape", node.args[1:]))
-    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
-        sizes = sizes[0]
-    sizes = list(sizes)[1:2] if _name_of(node) == "expand" else list(sizes)[1:]
+    sizes = _size_args(node)
+    sizes = sizes[1:2] if _name_of(node) == "expand" else sizes[1:]
     return tuple(d for d in sizes if isinstance(d, int) and d not in (-1, 1))
