@@ -67,6 +67,15 @@ def test_budget_under_latency_is_met_by_uniform_and_by_the_clamp(graph):
 
 
 def test_search_with_resource_latency_meets_the_target_in_every_episode(tmp_path):
+    """The search reads the cached table (made here with a deterministic timer, so the test times nothing)."""
+    model = build_model(ModelSpec("resnet8", 10, (3, 16, 16)))
+
+    def timer(module, x):
+        return 20.0 if module is model else bilinear_timer(module, x)
+
+    LatencyTable.for_graph(trace(model, (3, 16, 16)), cache_dir=tmp_path / "cache", timer=timer, model=model)
+    (table_file,) = (tmp_path / "cache" / "latency").glob("*.json")
+    prepared = table_file.read_bytes()
     argv = ["search", "--model", "resnet8", "--input-shape", "3", "16", "16", "--dataset", "synthetic", "--holdout",
             "100", "--search-images", "50", "--calibration-images", "40", "--bn-batches", "1", "--episodes", "4",
             "--agent", "random", "--quiet", "--resource", "latency", "--target", "0.8", "--cache-dir",
@@ -75,7 +84,7 @@ def test_search_with_resource_latency_meets_the_target_in_every_episode(tmp_path
     episodes = pd.read_csv(tmp_path / "run" / "episodes.csv")
     assert (episodes.latency_ratio <= 0.8 + 1e-9).all() and (episodes.macs_ratio < 1).all()
     assert json.loads((tmp_path / "run" / "best_policy.json").read_text())["cost"]["name"] == "latency"
-    assert list((tmp_path / "cache" / "latency").glob("*.json"))
+    assert table_file.read_bytes() == prepared  # the prepared table was used: nothing was measured
 
 
 def test_accuracy_mode_refuses_a_latency_cost(tmp_path, capsys):
@@ -106,6 +115,9 @@ def test_the_rest_of_the_dense_time_is_a_cached_constant_overhead(graph, tmp_pat
 
 
 def test_uniform_command_meets_a_latency_target_with_a_cached_table(tmp_path):
+    model = build_model(ModelSpec("resnet8", 10, (3, 16, 16)))
+    LatencyTable.for_graph(trace(model, (3, 16, 16)), cache_dir=tmp_path / "cache", model=model,
+                           timer=lambda m, x: 20.0 if m is model else bilinear_timer(m, x))
     out = tmp_path / "p.json"
     assert main(["uniform", "resnet8", "--input-shape", "3", "16", "16", "--cost", "latency", "--target", "0.85",
                  "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
