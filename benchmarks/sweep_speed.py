@@ -38,8 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "results/benchmarks/sweep"))
     args = p.parse_args(argv)
 
-    import pandas as pd
-    from amc.config import DataConfig, ModelConfig, SearchConfig, AgentConfig, replace
+    from amc.config import AgentConfig, DataConfig, ModelConfig, SearchConfig
     from amc.io import atomic_write_text
     from amc.provenance import provenance
     from amc_agents import run_search

@@ -42,7 +42,7 @@ def test_torch_pruning_ratios_truncate_to_exactly_the_kept_counts(uniform):
 
 
 def test_torch_pruning_script_prunes_to_the_same_shapes_as_amc(uniform, tmp_path):
-    tp = pytest.importorskip("torch_pruning")  # noqa: F841  (an optional test extra)
+    pytest.importorskip("torch_pruning")  # an optional test extra
     policy, d = uniform
     script = tmp_path / "tp_prune.py"
     assert main(["export", str(d / "policy.json"), "--format", "torch-pruning", "--out", str(script)]) == 0
