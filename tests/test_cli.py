@@ -229,3 +229,15 @@ def test_demo_compares_at_one_budget_and_reuses_its_folder(tmp_path):
     (older / ".amc-demo").touch()
     with pytest.raises(AmcError, match="older amc demo"):
         run_demo(older, 3, epochs=1)
+
+
+def test_cache_dir_none_writes_no_cache_folder(tmp_path, monkeypatch):
+    """--cache-dir none turns the cache off: nothing named 'none' appears in the working folder."""
+    from amc.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", "--model", "resnet8", "--input-shape", "3", "16", "16", "--dataset", "synthetic",
+                 "--holdout", "100", "--search-images", "50", "--calibration-images", "40", "--bn-batches", "1",
+                 "--episodes", "2", "--agent", "random", "--quiet", "--cache-dir", "none", "--out", "run"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert "cache_dir: null" in (tmp_path / "run" / "config.yaml").read_text()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.cache_dir is None and not args.resume:
         cfg = replace(cfg, cache_dir=str(default_cache_dir()))
     if cfg.cache_dir == "none":
-        cfg = replace(cfg, cache_dir=None)
+        cfg = dataclasses.replace(cfg, cache_dir=None)  # (amc.config.replace ignores None values)
     if args.resume:
         out = Path(args.resume)
     else:

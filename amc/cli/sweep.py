@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.cache_dir is None:
         cfg = replace(cfg, cache_dir=str(default_cache_dir()))
     if cfg.cache_dir == "none":
-        cfg = replace(cfg, cache_dir=None)
+        cfg = dataclasses.replace(cfg, cache_dir=None)  # (amc.config.replace ignores None values)
     validate(cfg)
     check_device(cfg.device)
     trials = grid(args.targets, args.seeds, args.agents or [cfg.agent.algorithm])
