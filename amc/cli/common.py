@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
+import yaml
 
-from ..config import DataConfig, ModelConfig, validate
+from ..config import DataConfig, ModelConfig, from_dict, to_dict, validate
 from ..errors import AmcError
 from ..data import ImageSet, load_splits, normalization
-from ..io import open_model
+from ..io import atomic_write_text, open_model
 from ..models import ModelSpec, build_model, default_input_shape
 from .args import FLAGS, add_flags, add_model_arg, dest, section
 
@@ -49,6 +51,44 @@ def given_settings(args: argparse.Namespace, own_flags: tuple[str, ...]) -> list
              if (f.section in ("model", "data", "train") or f.name == "--seed") and getattr(args, dest(f), None) is not None]
     given += ["--" + n.replace("_", "-") for n in own_flags if getattr(args, n, None) is not None]
     return given + (["MODEL"] if args.model else [])
+
+
+def training_run_configs(args: argparse.Namespace, out: Path, run_file: str, key: str, cls: type,
+                         own_flags: tuple[str, ...], make: Callable[[argparse.Namespace, ModelConfig], Any],
+                         resumable: tuple[str, ...] = ()) -> tuple[ModelConfig, DataConfig, Any, dict | None]:
+    """(model config, data config, the method's config, the stored run file or None) of a training command.
+
+    With ``--resume``: read from ``out/run_file`` (section ``key`` holds the method's ``cls`` config); the
+    flags that set stored settings are refused, except ``resumable``. Otherwise: from the flags, the method's
+    config made by ``make(args, model_cfg)``, and ``--out`` checked. Model and data configs are validated.
+    """
+    saved = out / run_file
+    stored = None
+    if args.resume:
+        given = [f for f in given_settings(args, own_flags) if f not in resumable]
+        if given:
+            raise AmcError(f"with --resume the stored settings are used; drop {', '.join(given)}")
+        if not saved.is_file():
+            raise AmcError(f"nothing to resume in {out} (no {run_file})")
+        stored = yaml.safe_load(saved.read_text())
+        model_cfg = from_dict(ModelConfig, stored["model"], str(saved))
+        data_cfg = from_dict(DataConfig, stored["data"], str(saved))
+        cfg = from_dict(cls, stored[key], str(saved))
+    else:
+        model_cfg, data_cfg = section(args, "model"), section(args, "data")
+        cfg = make(args, model_cfg)
+        check_output(out, inputs=(model_cfg.checkpoint,), overwrite=args.overwrite, folder=True)
+    validate(model_cfg, "model")
+    validate(data_cfg, "data")
+    return model_cfg, data_cfg, cfg, stored
+
+
+def write_run_file(path: Path, model_cfg: ModelConfig, data_cfg: DataConfig, key: str, cfg: Any) -> None:
+    """The settings a training command's ``--resume`` reads back, with the command line (atomic)."""
+    from .args import command_line  # noqa: PLC0415
+
+    atomic_write_text(yaml.safe_dump({"model": to_dict(model_cfg), "data": to_dict(data_cfg), key: to_dict(cfg),
+                                      "command": command_line()}, sort_keys=False), path)
 
 
 def splits_for(data: DataConfig, spec: ModelSpec, names: tuple[str, ...]) -> dict[str, ImageSet]:

@@ -9,15 +9,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..config import DataConfig, ModelConfig, from_dict, replace, to_dict, validate
+from ..config import replace, to_dict
 from ..data import normalization
-from ..errors import AmcError
 from ..io import atomic_write_text, read_checkpoint, save_model
 from ..lottery import CONTROLS, LotteryConfig, check_config, check_run, lottery_ticket
 from ..models import build_model
 from ..unstructured import SCOPES, prunable_layers
-from .args import command_line, print_table, section
-from .common import (add_training_run_flags, check_device, check_output, checkpoint_or_fresh, given_settings,
+from .args import print_table, section
+from .common import (add_training_run_flags, check_device, checkpoint_or_fresh, training_run_configs, write_run_file,
                      splits_for)
 
 D = LotteryConfig()
@@ -81,22 +80,10 @@ def _clear(out: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     saved = out / RUN_FILE
+    model_cfg, data_cfg, cfg, stored = training_run_configs(args, out, RUN_FILE, "lottery", LotteryConfig, OWN_FLAGS,
+                                                            lambda a, _: _lottery_config(a), resumable=("--rounds",))
     if args.resume:
-        given = [f for f in given_settings(args, OWN_FLAGS) if f != "--rounds"]
-        if given:
-            raise AmcError(f"with --resume the stored settings are used; drop {', '.join(given)}")
-        if not saved.is_file():
-            raise AmcError(f"nothing to resume in {out} (no {RUN_FILE})")
-        stored = yaml.safe_load(saved.read_text())
-        model_cfg = from_dict(ModelConfig, stored["model"], str(saved))
-        data_cfg = from_dict(DataConfig, stored["data"], str(saved))
-        cfg = replace(from_dict(LotteryConfig, stored["lottery"], str(saved)), rounds=args.rounds)
-    else:
-        model_cfg, data_cfg = section(args, "model"), section(args, "data")
-        cfg = _lottery_config(args)
-        check_output(out, inputs=(model_cfg.checkpoint,), overwrite=args.overwrite, folder=True)
-    validate(model_cfg, "model")
-    validate(data_cfg, "data")
+        cfg = replace(cfg, rounds=args.rounds)  # more rounds may be asked of a stored run
     check_config(cfg)
     device = check_device(args.device)
     torch.manual_seed(cfg.seed)
@@ -113,8 +100,7 @@ def run(args: argparse.Namespace) -> int:
         if args.overwrite and out.is_dir():
             _clear(out)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(yaml.safe_dump({"model": to_dict(model_cfg), "data": to_dict(data_cfg),
-                                          "lottery": to_dict(cfg), "command": command_line()}, sort_keys=False), saved)
+        write_run_file(saved, model_cfg, data_cfg, "lottery", cfg)
     elif args.rounds is not None:
         stored["lottery"]["rounds"] = cfg.rounds
         atomic_write_text(yaml.safe_dump(stored, sort_keys=False), saved)

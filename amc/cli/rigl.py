@@ -7,16 +7,15 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
-from ..config import DataConfig, ModelConfig, from_dict, replace, to_dict, validate
+from ..config import ModelConfig, replace, to_dict
 from ..data import normalization
 from ..errors import AmcError
-from ..io import atomic_write_text, save_model
+from ..io import save_model
 from ..rigl import INITIAL_MASKS, METHODS, SparseConfig, check_config, sparse_train
 from ..unstructured import prunable_layers
-from .args import command_line, section
-from .common import (add_training_run_flags, check_device, check_output, checkpoint_or_fresh, given_settings,
+from .args import section
+from .common import (add_training_run_flags, check_device, checkpoint_or_fresh, training_run_configs, write_run_file,
                      splits_for)
 
 D = SparseConfig()
@@ -71,23 +70,7 @@ def _config(args: argparse.Namespace, model_cfg: ModelConfig) -> SparseConfig:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    saved = out / RUN_FILE
-    if args.resume:
-        given = given_settings(args, OWN_FLAGS)
-        if given:
-            raise AmcError(f"with --resume the stored settings are used; drop {', '.join(given)}")
-        if not saved.is_file():
-            raise AmcError(f"nothing to resume in {out} (no {RUN_FILE})")
-        stored = yaml.safe_load(saved.read_text())
-        model_cfg = from_dict(ModelConfig, stored["model"], str(saved))
-        data_cfg = from_dict(DataConfig, stored["data"], str(saved))
-        cfg = from_dict(SparseConfig, stored["sparse"], str(saved))
-    else:
-        model_cfg, data_cfg = section(args, "model"), section(args, "data")
-        cfg = _config(args, model_cfg)
-        check_output(out, inputs=(model_cfg.checkpoint,), overwrite=args.overwrite, folder=True)
-    validate(model_cfg, "model")
-    validate(data_cfg, "data")
+    model_cfg, data_cfg, cfg, _ = training_run_configs(args, out, RUN_FILE, "sparse", SparseConfig, OWN_FLAGS, _config)
     check_config(cfg)
     device = check_device(args.device)
     torch.manual_seed(cfg.seed)
@@ -100,8 +83,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if not args.resume:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(yaml.safe_dump({"model": to_dict(model_cfg), "data": to_dict(data_cfg),
-                                          "sparse": to_dict(cfg), "command": command_line()}, sort_keys=False), saved)
+        write_run_file(out / RUN_FILE, model_cfg, data_cfg, "sparse", cfg)
     started = time.perf_counter()
     result = sparse_train(model, data["train"], normalization(data_cfg), cfg, out, test_set=data["test"],
                           resume=args.resume, device=device, log=None if args.quiet else print,
