@@ -110,6 +110,7 @@ class LatencyTable:
         self.entries: dict[str, dict] = dict(entries or {})
         self.overheads: dict[str, float] = dict(overheads or {})  # architecture -> ms outside conv/linear layers
         self.device = device  # where the timings were taken (:meth:`device_key`)
+        self._memo: dict[int, tuple] = {}  # id -> (graph or layer, its key): no rehashing on the hot path
 
     @staticmethod
     def device_key(device: str = "cpu", threads: int | None = None, batch: int = 1) -> str:
@@ -161,7 +162,16 @@ class LatencyTable:
 
     def overhead(self, graph: DependencyGraph) -> float:
         """Milliseconds of the architecture's end-to-end time outside its conv/linear layers (0 if not measured)."""
-        return self.overheads.get(architecture_key(graph), 0.0)
+        key = self._memo.get(id(graph))
+        if key is None or key[0] is not graph:  # budgets ask thousands of times per search: hash each graph once
+            key = self._memo[id(graph)] = (graph, architecture_key(graph))
+        return self.overheads.get(key[1], 0.0)
+
+    def _signature(self, layer: Layer) -> str:
+        memo = self._memo.get(id(layer))
+        if memo is None or memo[0] is not layer:
+            memo = self._memo[id(layer)] = (layer, signature(layer))
+        return memo[1]
 
     @staticmethod
     def _measure(layer: Layer, device: str, batch: int, grid: Sequence[float], timer: Timer) -> dict:
@@ -182,7 +192,7 @@ class LatencyTable:
         """Milliseconds of ``layer`` with ``c_in`` input and ``c_out`` output channels (0 if either is 0)."""
         if c_in <= 0 or c_out <= 0:
             return 0.0
-        entry = self.entries[signature(layer)]
+        entry = self.entries[self._signature(layer)]
         xs, ms = entry["c_in"], entry["ms"]
         if entry["c_out"] == [0]:  # depthwise: one dimension
             return _interpolate(xs, [row[0] for row in ms], c_in)
