@@ -145,6 +145,10 @@ def run_sweep(base: SearchConfig, trials: Sequence[Trial], out: str | Path, *, a
     if not trials:
         raise AmcError("a sweep needs at least one trial (give --targets and --seeds)")
     out = Path(out).resolve()
+    if out.exists() and not out.is_dir():
+        raise AmcError(f"{out} is a file; --out must be a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "sweep.json").is_file():
+        raise AmcError(f"{out} is a non-empty folder that holds no sweep; choose a new or empty folder")
     (out / "trials").mkdir(parents=True, exist_ok=True)
     base = portable(base)
     stored = out / "sweep.json"
