@@ -308,7 +308,7 @@ def cases():
         ("sensitivity-latency", ["sensitivity", "resnet8", *TINY, *DATA, "--cost", "latency", "--target", "0.5",
                                  "--out", "{d}/new"], "amc sensitivity budgets macs or params"),
         ("sweep-user-folder", ["sweep", "--model", "resnet8", *TINY, *DATA, "--targets", "0.5", "--out", "{d}/mine"],
-         "holds no sweep"),
+         "not a sweep's (keep.txt)"),
         ("sweep-out-is-file", ["sweep", "--model", "resnet8", *TINY, *DATA, "--targets", "0.5", "--out",
                                "{d}/notes.txt"], "is a file"),
         ("sweep-target-nan", ["sweep", "--model", "resnet8", *TINY, *DATA, "--targets", "nan", "--out", "{d}/new"],

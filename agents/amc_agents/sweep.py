@@ -28,6 +28,9 @@ from amc.io import atomic_write_text
 from .store import RunStore
 
 
+SWEEP_FILES = {"trials", "ray", "sweep.json", "sweep.csv", "summary.md", "front", ".front.tmp"}  # what a sweep writes
+
+
 @dataclass(frozen=True)
 class Trial:
     """One search of a sweep: ``target`` (cost fraction), ``seed`` and ``agent`` (algorithm) set on the base."""
@@ -147,8 +150,10 @@ def run_sweep(base: SearchConfig, trials: Sequence[Trial], out: str | Path, *, a
     out = Path(out).resolve()
     if out.exists() and not out.is_dir():
         raise AmcError(f"{out} is a file; --out must be a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "sweep.json").is_file():
-        raise AmcError(f"{out} is a non-empty folder that holds no sweep; choose a new or empty folder")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in SWEEP_FILES) if out.is_dir() else []
+    if foreign:
+        raise AmcError(f"{out} holds files that are not a sweep's ({', '.join(foreign[:3])}); choose a new or empty "
+                       f"folder")
     (out / "trials").mkdir(parents=True, exist_ok=True)
     base = portable(base)
     stored = out / "sweep.json"
