@@ -141,6 +141,9 @@ class AgentConfig:
     this x number of groups transitions). warmup_episodes: episodes of uniform random actions
     before updates start. sigma: exploration std in preserve-ratio units after warm-up;
     sigma_decay: per episode after warm-up. baseline_momentum: update rate of the reward baseline.
+    episode_batch: episodes the RL agent plays with one actor before it trains on them (1 = AMC: train
+    after every episode); a batch's episodes are scored in parallel when the search has ``workers`` > 1,
+    so it changes what the agent learns, while ``workers`` never does.
     """
 
     algorithm: str = "ddpg"
@@ -155,6 +158,7 @@ class AgentConfig:
     sigma: float = 0.5
     sigma_decay: float = 0.95
     baseline_momentum: float = 0.5
+    episode_batch: int = 1
 
 
 @dataclass(frozen=True)
@@ -182,7 +186,9 @@ class SearchConfig:
     ``top_policies/``. seed: seeds the agent and the random search. device: ``cpu`` or ``cuda``.
     threads: torch CPU threads (0 = torch's default). cache_dir: folder of the
     :class:`~amc.stats_cache.StatsCache` (calibration statistics and the uniform baseline, reused by
-    resumes and later searches of the same model and data); None = no cache.
+    resumes and later searches of the same model and data); None = no cache. workers: processes that score
+    policies at once (1 = in this process): random search, warm-up and each ``episode_batch`` of the RL
+    agent are scored ahead in parallel, with the same results as one process at the same ``threads``.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -197,6 +203,7 @@ class SearchConfig:
     device: str = "cpu"
     threads: int = 0
     cache_dir: str | None = None
+    workers: int = 1
 
 
 T = TypeVar("T")
@@ -329,7 +336,8 @@ _RULES: dict[type, dict[str, tuple]] = {
                   "buffer_per_group": (lambda x: _whole(x, 1), "a whole number >= 1"),
                   "warmup_episodes": (lambda x: _whole(x, 0), "a whole number >= 0"),
                   "sigma": (lambda x: _finite(x) and x >= 0, "a finite number >= 0"), "sigma_decay": _FRACTION,
-                  "baseline_momentum": _FRACTION},
+                  "baseline_momentum": _FRACTION,
+                  "episode_batch": (lambda x: _whole(x, 1), "a whole number >= 1")},
     TrainConfig: {"epochs": (lambda x: _whole(x, 1), "a whole number >= 1"), "lr": _RATE,
                   "weight_decay": (lambda x: _finite(x) and x >= 0, "a finite number >= 0"),
                   "momentum": (lambda x: _finite(x) and 0 <= x < 1, "a number in [0, 1)"),
@@ -339,5 +347,6 @@ _RULES: dict[type, dict[str, tuple]] = {
                    "top_k": (lambda x: _whole(x, 1), "a whole number >= 1"),
                    "seed": (lambda x: _whole(x, 0), "a whole number >= 0"),
                    "device": (lambda x: isinstance(x, str) and (x == "cpu" or x.startswith("cuda")), "cpu | cuda[:N]"),
-                   "threads": (lambda x: _whole(x, 0), "a whole number >= 0")},
+                   "threads": (lambda x: _whole(x, 0), "a whole number >= 0"),
+                   "workers": (lambda x: _whole(x, 1), "a whole number >= 1")},
 }

@@ -49,7 +49,8 @@ class TPEAgent:
         with _quiet():
             self.study = optuna.create_study(direction="maximize", sampler=sampler)
 
-    def run(self, env, episodes, on_episode, before_episode):
+    def run(self, env, episodes, on_episode, before_episode, prefetch=None):
+        # each trial is proposed from the results of all earlier ones: nothing to score ahead (prefetch unused)
         for _ in range(episodes):
             before_episode()
             with _quiet():

@@ -7,6 +7,8 @@ checkpoints before every episode) and nothing else: the environment prunes and s
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import time
@@ -28,6 +30,7 @@ from amc_envs import WEIGHT_SEARCH_PRUNE, ChannelPruningEnv, EpisodeResult, Prun
 
 from .agent import make_agent
 from .ddpg import rng_state, set_rng_state
+from .parallel import ScoringPool, fork_available, threads_per_worker
 from .store import RunStore
 
 
@@ -43,7 +46,7 @@ class EpisodeRecord:
 Progress = Callable[[dict], None]  # called with each episode's row (and the best reward so far)
 
 # settings that may differ when a run is resumed (documented in the README)
-RESUMABLE_CHANGES = ("episodes", "device", "threads", "cache_dir")
+RESUMABLE_CHANGES = ("episodes", "device", "threads", "cache_dir", "workers")
 
 
 class SearchRunner:
@@ -165,6 +168,20 @@ class SearchRunner:
         policy.metrics["method"] = "uniform"
         self.store.write_baseline("uniform", record, policy)
 
+    def scoring_pool(self) -> contextlib.AbstractContextManager[ScoringPool | None]:
+        """``cfg.workers`` scoring processes, or nothing (one process) when there is one worker or no fork."""
+        workers = self.cfg.workers
+        if workers > 1 and self.cfg.agent.algorithm == "tpe":
+            warnings.warn("--workers: TPE proposes each trial from the results of all earlier ones, so its episodes "
+                          "are scored one at a time", AmcWarning, stacklevel=2)
+        elif workers > 1 and not fork_available():
+            warnings.warn("--workers: scoring processes need fork (Linux); scoring in this process", AmcWarning,
+                          stacklevel=2)
+        elif workers > 1:
+            self.store.log(f"scoring with {workers} worker processes")
+            return ScoringPool(self.env, workers, threads_per_worker(self.cfg.threads, workers))
+        return contextlib.nullcontext()
+
     def run(self) -> EpisodeRecord:
         """Run until ``cfg.episodes`` episodes are recorded; returns the best one."""
         self.run_baselines()
@@ -172,7 +189,10 @@ class SearchRunner:
         self.store.log(f"start: {remaining} episodes to go ({self.episode} done), agent {self.cfg.agent.algorithm}")
         self._episode_start = time.perf_counter()
         if remaining > 0:
-            self.agent.run(self.env, remaining, self.record, self._checkpoint)
+            with self.scoring_pool() as prefetch:
+                self.agent.run(self.env, remaining, self.record, self._checkpoint, prefetch)
+            if prefetch is not None:
+                self.store.log(f"{self.env.scored_ahead} of {remaining} episodes were scored ahead by the workers")
         self._checkpoint()
         self.store.log(f"done: {self.episode} episodes, best reward {self.top[0].reward:.4f}")
         return self.top[0]
@@ -254,7 +274,8 @@ def _resumed_config(store: RunStore, cfg: SearchConfig) -> SearchConfig:
     if changed:
         raise AmcError(f"--resume with different settings: {'; '.join(changed)} (only {', '.join(RESUMABLE_CHANGES)} "
                        "may change)")
-    return replace(stored, episodes=cfg.episodes, device=cfg.device, threads=cfg.threads, cache_dir=cfg.cache_dir)
+    return dataclasses.replace(stored, episodes=cfg.episodes, device=cfg.device, threads=cfg.threads,
+                               cache_dir=cfg.cache_dir, workers=cfg.workers)
 
 
 def _open_task(cfg: SearchConfig) -> PruningTask:

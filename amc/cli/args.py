@@ -94,6 +94,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--sigma", "agent", "sigma", float, "exploration std in preserve-ratio units after warm-up (default 0.5)"),
     Flag("--sigma-decay", "agent", "sigma_decay", float, "exploration decay per episode (default 0.95)"),
     Flag("--baseline-momentum", "agent", "baseline_momentum", float, "reward baseline update rate (default 0.5)"),
+    Flag("--episode-batch", "agent", "episode_batch", int, "episodes the agent plays before training on them "
+         "(default 1, as AMC); scored in parallel with --workers"),
     # train
     Flag("--epochs", "train", "epochs", int, "training epochs (default 10)"),
     Flag("--lr", "train", "lr", float, "peak learning rate, cosine decay to 0 (default 0.1)"),
@@ -106,7 +108,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--episodes", "run", "episodes", int, "episodes in total, warm-up included (default 400)"),
     Flag("--top-k", "run", "top_k", int, "policies kept in top_policies/ (default 5)"),
     Flag("--device", "run", "device", str, "cpu or cuda (default cpu)"),
-    Flag("--threads", "run", "threads", int, "torch CPU threads (default: torch's)"),
+    Flag("--threads", "run", "threads", int, "torch CPU threads (default: torch's; with --workers, per worker, default "
+         "cores / workers)"),
+    Flag("--workers", "run", "workers", int, "processes scoring policies at once (default 1): random search, warm-up and "
+         "each --episode-batch of the agent; results equal one process's at the same --threads"),
     Flag("--cache-dir", "run", "cache_dir", str, "cache of calibration statistics, baseline scores and latency "
          "tables shared by searches of the same model and data (default ~/.cache/amc; 'none' turns it off)"),
 )

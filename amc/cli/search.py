@@ -19,7 +19,7 @@ from .common import check_device
 def add_parser(sub) -> None:
     p = sub.add_parser("search", help="AMC search for a per-layer preserve-ratio policy (resumable)",
                        description="Defaults < --config YAML (nested sections as in a run's config.yaml) < flags. "
-                       "On --resume only --episodes, --device and --threads may change.")
+                       "On --resume only --episodes, --device, --threads, --workers and --cache-dir may change.")
     p.add_argument("--model", help="registry name, torchvision:NAME or package.module:factory (imports that code)")
     add_flags(p, "model", "data", "calibration", "prune", "env", "agent", "run")
     p.add_argument("--config", help="YAML file with SearchConfig sections (flags override it)")

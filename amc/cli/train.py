@@ -21,7 +21,7 @@ from .common import check_device, check_output, open_from_args, splits_for
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model from scratch or fine-tune a checkpoint")
     add_model_arg(p)
-    add_flags(p, "model", "data", "train", "run", skip=("--exclude", "--episodes", "--top-k"))
+    add_flags(p, "model", "data", "train", "run", skip=("--exclude", "--episodes", "--top-k", "--workers"))
     p.add_argument("--out", default="results/train", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")

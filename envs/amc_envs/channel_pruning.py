@@ -41,6 +41,25 @@ class EpisodeResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class Scored:
+    """What scoring one policy produced, before it becomes an episode: a pure function of the kept counts,
+    so it may be computed ahead, in another process (:mod:`amc_agents.parallel`).
+
+    metrics: the task's metrics (scores, costs and cost ratios); kept: kept channel indices of the groups
+    that lost channels; timings: seconds per step.
+    """
+
+    metrics: dict[str, float]
+    kept: dict[GroupName, list[int]]
+    timings: dict[str, float]
+
+
+def policy_key(keep: dict[str, int]) -> tuple:
+    """A hashable identity of kept counts (the key of :attr:`ChannelPruningEnv.ahead`)."""
+    return tuple(sorted(keep.items()))
+
+
 class ChannelPruningEnv(gym.Env):
     """
     ## Description
@@ -83,6 +102,8 @@ class ChannelPruningEnv(gym.Env):
     ## Episode End
     After the last prunable group: ``terminated=True`` (never truncated). ``info["result"]`` then
     holds the :class:`EpisodeResult` (timings: seconds of prune, reconstruct, bn_recalibration, evaluate).
+    A policy already scored ahead (:attr:`ahead`, filled by a pool of scoring processes from the
+    episodes :meth:`plan` predicts) is not scored again: scoring is a pure function of the kept counts.
 
     ## Arguments
     - ``task``: a :class:`~amc_envs.task.PruningTask` (default: a tiny synthetic task, for checks).
@@ -116,6 +137,8 @@ class ChannelPruningEnv(gym.Env):
         self._t = 0
         self._keep: dict[GroupName, int] = {}
         self._requested: dict[GroupName, float] = {}
+        self.ahead: dict[tuple, Scored] = {}  # policies scored ahead of their episode, by policy_key
+        self.scored_ahead = 0  # episodes whose score came from ``ahead``
 
     def make_budget(self, target: float) -> Budget:
         """The budget rule over what this environment prunes (channel groups here)."""
@@ -132,27 +155,43 @@ class ChannelPruningEnv(gym.Env):
         self._keep, self._requested = {}, {}
         return self.observer(0, self._keep), {"group": self.groups[0].name}
 
-    def count_for(self, t: int, requested: float) -> int:
-        """The channel count the action ``requested`` (a preserve ratio) executes at step ``t``."""
+    def count_for(self, t: int, requested: float, keep: dict[GroupName, int] | None = None) -> int:
+        """The channel count the action ``requested`` (a preserve ratio) executes at step ``t``, after the
+        decisions ``keep`` (default: this episode's so far)."""
         g = self.groups[t]
         count = self.budget.count_for(g.name, requested)
         if self.cfg.mode == "constrained" and self.cfg.budget_rule == "clamp":
-            count = min(count, self.budget.max_count(g.name, self._keep))
+            count = min(count, self.budget.max_count(g.name, self._keep if keep is None else keep))
         return count
 
+    def decide(self, t: int, action, keep: dict[GroupName, int], requested: dict[GroupName, float]) -> dict[str, Any]:
+        """Execute ``action`` at step ``t`` into ``keep`` / ``requested`` (updated in place); returns the step's info."""
+        g = self.groups[t]
+        ratio = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 0.0, 1.0))
+        keep[g.name] = self.count_for(t, ratio, keep)
+        requested[g.name] = ratio
+        return {"group": g.name, "requested_action": ratio, "executed_action": keep[g.name] / self.budget.size(g.name)}
+
+    def final_keep(self, keep: dict[GroupName, int], requested: dict[GroupName, float]) -> dict[GroupName, int]:
+        """The counts an episode that decided ``keep`` prunes to (``budget_rule="scale"`` rescales them here)."""
+        if self.cfg.mode == "constrained" and self.cfg.budget_rule == "scale":
+            return self.budget.scaled(requested)[1]
+        return keep
+
+    def plan(self, actions) -> dict[GroupName, int]:
+        """The counts an episode of these actions (one per group, in order) prunes to, without running it."""
+        keep: dict[GroupName, int] = {}
+        requested: dict[GroupName, float] = {}
+        for t, action in enumerate(actions):
+            self.decide(t, action, keep, requested)
+        return self.final_keep(keep, requested)
+
     def step(self, action) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        g = self.groups[self._t]
-        requested = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 0.0, 1.0))
-        count = self.count_for(self._t, requested)
-        self._keep[g.name] = count
-        self._requested[g.name] = requested
-        info: dict[str, Any] = {"group": g.name, "requested_action": requested,
-                                "executed_action": count / self.budget.size(g.name)}
+        info = self.decide(self._t, action, self._keep, self._requested)
         self._t += 1
         if self._t < len(self.groups):
             return self.observer(self._t, self._keep), 0.0, False, False, info
-        if self.cfg.mode == "constrained" and self.cfg.budget_rule == "scale":
-            self._keep = self.budget.scaled(self._requested)[1]
+        self._keep = self.final_keep(self._keep, self._requested)
         result = self.evaluate(self._keep, self._requested)
         info["result"] = result
         return np.zeros(self.observation_space.shape, dtype=np.float32), result.reward, True, False, info
@@ -168,14 +207,26 @@ class ChannelPruningEnv(gym.Env):
             return -self.cfg.reward_scale * error
         return -self.cfg.reward_scale * error * math.log(cost)
 
-    def evaluate(self, keep: dict[GroupName, int], requested: dict[GroupName, float] | None = None) -> EpisodeResult:
-        """Prune to ``keep``, verify its costs, score it: the episode's :class:`EpisodeResult`."""
+    def score(self, keep: dict[GroupName, int]) -> Scored:
+        """Prune to ``keep``, verify its costs, score it (what an episode's end computes; no state changes)."""
         metrics, result = self.task.evaluate(keep)
-        cost = self.budget.cost.name
+        return Scored(metrics, {name: idx.tolist() for name, idx in result.selection.kept.items()}, dict(result.timings))
+
+    def evaluate(self, keep: dict[GroupName, int], requested: dict[GroupName, float] | None = None) -> EpisodeResult:
+        """The :class:`EpisodeResult` of pruning to ``keep`` (scored now, or taken from :attr:`ahead`)."""
+        scored = self.ahead.pop(policy_key(keep), None)
+        if scored is None:
+            scored = self.score(keep)
+        else:
+            self.scored_ahead += 1
+        return self.episode_result(keep, requested, scored)
+
+    def episode_result(self, keep: dict[GroupName, int], requested: dict[GroupName, float] | None,
+                       scored: Scored) -> EpisodeResult:
+        metrics, cost = scored.metrics, self.budget.cost.name
         return EpisodeResult(
             keep=dict(keep), requested=dict(requested or {g: keep[g] / self.task.graph.group[g].channels for g in keep}),
-            executed={g.name: keep[g.name] / g.channels for g in self.groups},
-            kept={name: idx.tolist() for name, idx in result.selection.kept.items()},
+            executed={g.name: keep[g.name] / g.channels for g in self.groups}, kept=dict(scored.kept),
             cost_ratio={name: metrics[f"{name}_ratio"] for name in self.task.costs},
             metrics={k: metrics[k] for k in SCORES if k in metrics},
-            reward=self.reward_of(metrics[self.score_key], metrics[cost]), timings=dict(result.timings))
+            reward=self.reward_of(metrics[self.score_key], metrics[cost]), timings=dict(scored.timings))

@@ -7,7 +7,7 @@ from amc.config import EnvConfig
 from amc.cost import WeightBudget
 from amc.errors import AmcError
 
-from .channel_pruning import SCORES, ChannelPruningEnv, EpisodeResult
+from .channel_pruning import SCORES, ChannelPruningEnv, EpisodeResult, Scored
 from .observation import WeightObserver
 from .task import PruningTask
 
@@ -69,15 +69,19 @@ class WeightPruningEnv(ChannelPruningEnv):
     def make_observer(self) -> WeightObserver:
         return WeightObserver(self.budget, self.task.graph)
 
-    def evaluate(self, keep, requested=None) -> EpisodeResult:
+    def score(self, keep) -> Scored:
         """Mask to ``keep`` (kept weights per layer), check the parameter count, score it."""
         metrics, result = self.task.evaluate_weights(keep)
         expected = self.budget.ratio(keep)
         if not math.isclose(metrics["params_ratio"], expected, rel_tol=0, abs_tol=1e-9):
             raise AmcError(f"the masked model keeps {metrics['params_ratio']:.6f} of the parameters, the accounting "
                            f"says {expected:.6f}")
+        return Scored(metrics, {}, dict(result.timings))
+
+    def episode_result(self, keep, requested, scored: Scored) -> EpisodeResult:
+        metrics = scored.metrics
         return EpisodeResult(
             keep=dict(keep), requested=dict(requested or {n: k / self.budget.size(n) for n, k in keep.items()}),
             executed={g.name: keep[g.name] / g.size for g in self.groups}, kept={},
             cost_ratio={"params": metrics["params_ratio"]}, metrics={k: metrics[k] for k in SCORES if k in metrics},
-            reward=self.reward_of(metrics[self.score_key], metrics["params"]), timings=dict(result.timings))
+            reward=self.reward_of(metrics[self.score_key], metrics["params"]), timings=dict(scored.timings))
