@@ -15,10 +15,17 @@ def test_episode_speed_benchmark_writes_its_record(tmp_path):
     record = tmp_path / "speed.json"
     episode_speed.main(["--model", "resnet8", "--input-shape", "3", "16", "16", "--dataset", "synthetic",
                         "--holdout", "64", "--search-images", "64", "--calibration-images", "64", "--episodes", "4",
-                        "--warmup-episodes", "2", "--repeats", "2", "--record", str(record)])
+                        "--warmup-episodes", "2", "--repeats", "2", "--throughput-episodes", "3", "--rounds", "1",
+                        "--record", str(record)])
     figures = json.loads(record.read_text())
     assert figures["episodes_summarised"] == 2 and figures["search_images"] == 64 and figures["groups"] == 3
     steps = figures["median_s"]
     assert steps["episode_s"] >= steps["evaluate_s"] > 0 and figures["floor_s"]["median"] > 0
     assert figures["episode_to_floor"] == pytest.approx(steps["episode_s"] / figures["floor_s"]["median"])
     assert figures["config"]["calibration"]["images"] == 64 and len(figures["floor_s"]["all"]) == 2
+    assert figures["construction_s"]["cold"] > 0 and figures["construction_s"]["cached"] > 0
+    assert figures["per_episode_cpu"]["user"] > 0 and figures["per_episode_cpu"]["minor_faults"] >= 0
+    rates = figures["episodes_per_hour"]
+    assert set(rates) == {"1 process, 1 thread", "1 process, 2 threads", "2 workers, 1 thread each"}
+    assert rates["1 process, 1 thread"]["vs_1_thread"] == 1 and all(r["median"] > 0 for r in rates.values())
+    assert figures["same_best_reward_in_every_mode"]  # a random search: every mode scores the same policies

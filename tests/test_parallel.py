@@ -111,6 +111,10 @@ def test_worker_settings(tmp_path, task):
         run_search(SearchConfig(agent=AgentConfig(algorithm="random"), episodes=2, workers=0), tmp_path / "a", task=task)
     with pytest.raises(AmcError, match="episode_batch = 0 is not valid"):
         run_search(SearchConfig(agent=AgentConfig(episode_batch=0), episodes=2), tmp_path / "b", task=task)
+    with pytest.raises(AmcError, match="cannot share cuda"):
+        run_search(SearchConfig(agent=AgentConfig(algorithm="random"), episodes=2, workers=2, device="cuda"),
+                   tmp_path / "d", task=task)
+    assert not (tmp_path / "d").exists()
     with pytest.warns(Warning, match="TPE proposes each trial"):
         run_search(SearchConfig(agent=AgentConfig(algorithm="tpe"), episodes=2, workers=2), tmp_path / "c", task=task)
     assert not np.isnan(RunStore(tmp_path / "c").episodes().reward).any()

@@ -212,6 +212,9 @@ def run_search(cfg: SearchConfig, folder: str | Path, *, resume: bool = False, p
             Path(cfg.cache_dir).expanduser().mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise AmcError(f"cache folder {cfg.cache_dir} cannot be created: {exc.strerror or exc}") from None
+    if cfg.workers > 1 and cfg.device != "cpu":
+        raise AmcError(f"--workers {cfg.workers} forks CPU processes, which cannot share {cfg.device}: use --workers 1 "
+                       "on a GPU (it scores one policy at a time faster than CPU workers)")
     if not resume:
         cfg = search_config_for(cfg)  # check the inputs (and that the budget is reachable) before the run folder is created
         if cfg.agent.algorithm in ("ddpg", "td3", "sac") and cfg.episodes <= cfg.agent.warmup_episodes:
