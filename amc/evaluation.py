@@ -1,12 +1,24 @@
-"""Accuracy and loss of a classifier on in-memory tensors, and a user's own evaluator for other tasks."""
+"""Accuracy and loss of a classifier on in-memory tensors, and a user's own evaluator for other tasks.
+
+Also what makes scoring fast on CPU without changing its result: :func:`eval_batch_size` sizes batches by
+activation memory (the largest activation tensor of a batch stays under a byte budget, so glibc serves it
+from its heap instead of mapping fresh pages on every forward pass), and :func:`fold_batchnorm` folds
+eval-mode BatchNorms into the conv/linear layer before them (outputs equal up to float rounding).
+"""
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
-from typing import Callable
+from collections import Counter
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.nn.utils import parametrize
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from .errors import AmcError
 from .models.registry import import_object
@@ -58,3 +70,139 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     model.train(was_training)
     n = max(1, len(labels))
     return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss / n, "images": len(labels)}
+
+
+# ------------------------------------------------------------------ batch sizes by activation memory
+MIB = 2 ** 20
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode inside the block; every module's own training flag restored after it."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _tensor_bytes(value) -> int:
+    """Bytes of the largest tensor in ``value`` (a tensor, a ``TensorMetadata``, or nested tuples/lists/dicts)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if hasattr(value, "shape") and hasattr(value, "dtype"):  # ShapeProp's TensorMetadata
+        return math.prod(value.shape) * torch.empty((), dtype=value.dtype).element_size()
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        return max((_tensor_bytes(v) for v in value), default=0)
+    return 0
+
+
+def largest_activation_bytes(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Bytes of the largest tensor that the forward pass of ``model`` on one input of ``input_shape``
+    (C, H, W; batch of one, the dtype and device of the model's parameters) produces, the input included.
+
+    Every value of the model's fx trace is measured (``ShapeProp``: module outputs, functional ops, adds,
+    concatenations); a model fx cannot trace is measured by forward hooks on all of its modules instead
+    (module outputs only). Runs in eval mode; ``model`` is not modified. Activations grow linearly with
+    the batch, so a batch of ``b`` images holds tensors of up to ``b`` times this many bytes.
+    """
+    first = next(iter(model.parameters()), None)
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    x = torch.zeros(1, *input_shape, dtype=dtype, device=first.device if first is not None else "cpu")
+    largest = _tensor_bytes(x)
+    with _eval_mode(model), torch.no_grad():
+        try:
+            gm = fx.symbolic_trace(model)
+        except Exception:
+            gm = None
+        if gm is not None:
+            ShapeProp(gm).propagate(x)
+            for node in gm.graph.nodes:
+                if node.op not in ("placeholder", "get_attr"):
+                    largest = max(largest, _tensor_bytes(node.meta.get("tensor_meta")))
+            return largest
+        sizes: list[int] = []
+        handles = [m.register_forward_hook(lambda _m, _i, out: sizes.append(_tensor_bytes(out)))
+                   for m in model.modules()]
+        try:
+            model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return max([largest, *sizes])
+
+
+def eval_batch_size(model: nn.Module, input_shape: Sequence[int], budget_bytes: float) -> int:
+    """Images per scoring batch such that the largest activation tensor of a batch (see
+    :func:`largest_activation_bytes`) stays within ``budget_bytes``; at least 1.
+
+    A pruned copy of ``model`` never has larger activations, so the dense model's answer holds for all of them.
+    """
+    if not (isinstance(budget_bytes, (int, float)) and math.isfinite(budget_bytes) and budget_bytes > 0):
+        raise AmcError(f"activation budget must be a finite number of bytes > 0, not {budget_bytes!r}")
+    return max(1, int(budget_bytes // largest_activation_bytes(model, input_shape)))
+
+
+# ------------------------------------------------------------------ BatchNorm folding
+_FOLDABLE = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d, nn.Linear: nn.BatchNorm1d}
+
+
+def _hooked(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or getattr(m, "_forward_hooks_with_kwargs", None)
+                or parametrize.is_parametrized(m))
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A module computing ``model``'s eval-mode function with BatchNorms folded into the layer before them.
+
+    A BatchNorm (1d/2d/3d, eval mode, running statistics) is folded when its only input is the output of a
+    Conv1d/2d/3d (Linear for BatchNorm1d on (N, features)) that is used by nothing else; the layer's weights
+    and bias absorb the normalisation (``torch.nn.utils.fusion``) and the BatchNorm is gone. Everything else
+    stays: BatchNorms after an add, a concatenation or an activation, layers called more than once, modules
+    with hooks or parametrizations, training-mode ones. Outputs equal ``model``'s up to float rounding;
+    weights keep their memory format (channels-last).
+
+    ``model`` is never modified and shares nothing with the result (a deep copy is folded). A model with
+    nothing to fold, one fx cannot trace or copy, or one with hooks on a module the trace inlines is
+    returned as it is (not a copy).
+    """
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception:
+        return model
+    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    if _hooked(model) or any(_hooked(m) for name, m in model.named_modules() if name and name not in calls):
+        return model  # the trace would drop hooks of the modules it inlines
+    try:
+        gm = copy.deepcopy(gm)
+    except Exception:  # e.g. torch.nn.utils.prune's computed weights cannot be deep-copied
+        return model
+    modules = dict(gm.named_modules())
+    folded = False
+    for node in list(gm.graph.nodes):
+        bn = modules.get(node.target) if node.op == "call_module" else None
+        if bn is None or len(node.args) != 1 or node.kwargs:
+            continue
+        prev = node.args[0]
+        if not isinstance(prev, fx.Node) or prev.op != "call_module" or len(prev.users) != 1 or calls[prev.target] != 1:
+            continue
+        layer = modules[prev.target]
+        if _FOLDABLE.get(type(layer)) is not type(bn) or bn.training or layer.training or not bn.track_running_stats \
+                or bn.running_mean is None or bn.running_var is None or _hooked(bn) or _hooked(layer):
+            continue
+        fuse = fuse_linear_bn_eval if isinstance(layer, nn.Linear) else fuse_conv_bn_eval
+        fused = fuse(layer, bn)  # elementwise on the weight: keeps its memory format
+        parent, _, attr = prev.target.rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, attr, fused)
+        node.replace_all_uses_with(prev)
+        gm.graph.erase_node(node)
+        folded = True
+    if not folded:
+        return model
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm

@@ -127,6 +127,7 @@ def cases():
                          "--top-k": ["0"], "--holdout": ["-1"], "--search-images": ["0", "101"],
                          "--calibration-images": ["0"], "--calibration-batch-size": ["0"], "--bn-batches": ["-1"],
                          "--points-per-image": ["-1"], "--ridge": ["nan", "-1"], "--actor-lr": ["0", "nan", "inf"],
+                         "--eval-batch-mib": ["0", "nan", "-1"],
                          "--critic-lr": ["0", "-1"], "--tau": ["0", "2"], "--agent-batch-size": ["0"],
                          "--gamma": ["1.5"], "--buffer-per-group": ["0"], "--warmup-episodes": ["-1"],
                          "--sigma": ["nan", "-1"], "--sigma-decay": ["0", "2"], "--baseline-momentum": ["0"],

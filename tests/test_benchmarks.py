@@ -29,3 +29,20 @@ def test_episode_speed_benchmark_writes_its_record(tmp_path):
     assert set(rates) == {"1 process, 1 thread", "1 process, 2 threads", "2 workers, 1 thread each"}
     assert rates["1 process, 1 thread"]["vs_1_thread"] == 1 and all(r["median"] > 0 for r in rates.values())
     assert figures["same_best_reward_in_every_mode"]  # a random search: every mode scores the same policies
+
+
+def test_scoring_speed_benchmark_times_every_variant_and_checks_equal_scores(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import scoring_speed
+
+    record = tmp_path / "scoring.json"
+    assert scoring_speed.main(["--model", "resnet8", "--input-shape", "3", "16", "16", "--images", "30",
+                               "--repeats", "2", "--batch", "500", "--eval-batch-mib", "0.1",
+                               "--record", str(record)]) == 0
+    figures = json.loads(record.read_text())
+    rows = {r["variant"]: r for r in figures["rows"]}
+    assert set(rows) == {"batch 500", "batch 500 + fold", "0.1 MiB", "0.1 MiB + fold"}
+    assert figures["scores_equal"] and figures["largest_activation_bytes_per_image"] == 16 * 16 * 16 * 4
+    assert rows["0.1 MiB"]["batch"] == 6 and rows["batch 500"]["largest_activation_mib"] == 30 * 16 ** 3 * 4 / 2 ** 20
+    assert all(len(r["all_wall_s"]) == 2 and r["wall_s"] > 0 and r["minflt"] >= 0 for r in rows.values())
+    assert "0.1 MiB + fold" in capsys.readouterr().out

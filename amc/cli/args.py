@@ -62,6 +62,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--ridge", "prune", "ridge", float, "relative ridge term of the least squares (default 1e-4)"),
     Flag("--prune-seed", "prune", "seed", int, "seed of the random criterion and position sampling (default 0)"),
     Flag("--channels-last", "prune", "channels_last", BOOL, "channels-last memory format for pruned models (default on)"),
+    Flag("--eval-batch-mib", "prune", "eval_batch_mib", float, "scoring batches on CPU hold as many search images as "
+         "keep the largest activation tensor within this many MiB (default 4)"),
     # env
     Flag("--cost", "env", "cost", str, "what the target limits (default macs; flops = macs; latency: a per-layer "
          "table measured on this machine, cached in --cache-dir; alias --resource)",

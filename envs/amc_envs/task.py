@@ -14,7 +14,7 @@ from amc.config import CalibrationConfig, DataConfig, ModelConfig, PruneConfig
 from amc.cost import CostModel, MacsCost, ParamsCost, check_costs, params
 from amc.errors import AmcError
 from amc.data import ImageSet, load_splits, normalization
-from amc.evaluation import custom_score, evaluate
+from amc.evaluation import MIB, custom_score, eval_batch_size, evaluate, fold_batchnorm
 from amc.io import open_model
 from amc.models import ModelSpec, build_model
 from amc.prune import PruneResult, PruningEngine
@@ -37,7 +37,9 @@ class PruningTask:
     measured with (an exact one must match the accounting). ``data`` / ``calibration``: the configs the
     task was built from (recorded in policies). ``exclude``: globs of channel groups (or, for weight
     pruning, of conv/linear layers) left unpruned. ``evaluator``: the user's ``function(model) -> float``
-    (higher = better) that scores pruned models instead of the search split's accuracy.
+    (higher = better) that scores pruned models instead of the search split's accuracy. ``batch_size``:
+    search-split images per forward pass (:meth:`build` sizes it by activation memory on CPU:
+    ``PruneConfig.eval_batch_mib``).
     """
 
     model: nn.Module
@@ -60,10 +62,17 @@ class PruningTask:
 
     def score(self, model: nn.Module) -> dict[str, float]:
         """Top-1/top-5 accuracy and loss of ``model`` on the search split (never the test split), or
-        ``{"score": evaluator(model)}`` when the task has an evaluator."""
+        ``{"score": evaluator(model)}`` when the task has an evaluator (given ``model`` itself).
+
+        A channel-pruned model is scored with its BatchNorms folded into the convs before them
+        (:func:`amc.evaluation.fold_batchnorm`: faster, equal up to float rounding; ``model`` is not changed).
+        """
+        model = model.to(self.device)
         if self.evaluator is not None:
-            return {"score": custom_score(self.evaluator, model.to(self.device))}
-        return evaluate(model.to(self.device), self.search_images, self.search_labels, self.batch_size)
+            return {"score": custom_score(self.evaluator, model)}
+        if self.prune_config.granularity == "channel":
+            model = fold_batchnorm(model)
+        return evaluate(model, self.search_images, self.search_labels, self.batch_size)
 
     def evaluate(self, keep: Keep) -> tuple[dict[str, float], PruneResult]:
         """Prune to ``keep``, check the pruned model's costs against the accounting, score it.
@@ -116,7 +125,10 @@ class PruningTask:
         search_x = normalization(data)(search.images).to(device)
         if prune.channels_last:
             search_x = search_x.contiguous(memory_format=torch.channels_last)
-        return cls(model, spec, graph, engine, search_x, search.labels.to(device), device, data=data,
+        # pruning never enlarges an activation: the dense model's batch size serves every pruned one
+        batch = (eval_batch_size(model, tuple(search_x.shape[1:]), prune.eval_batch_mib * MIB)
+                 if torch.device(device).type == "cpu" else cls.batch_size)
+        return cls(model, spec, graph, engine, search_x, search.labels.to(device), device, batch, data=data,
                    calibration=calibration_config, exclude=tuple(exclude), evaluator=evaluator)
 
     @classmethod
