@@ -84,7 +84,7 @@ class PruneConfig:
     granularity: ``channel`` (physical removal) or ``weight`` (masks). criterion: ``l1`` | ``l2`` |
     ``apoz`` | ``mean_activation`` | ``taylor`` | ``random``. reconstruct: least-squares refit of
     the consumers of pruned groups. bn_batches: calibration batches used to re-estimate BatchNorm
-    statistics (0 = off). points_per_image: sampled conv output positions per image for the
+    statistics (0 = off; 1 batch ranks policies as faithfully as 2 at half the cost: proxy-fidelity record). points_per_image: sampled conv output positions per image for the
     least squares (0 = all). ridge: relative ridge term. seed: seeds the random criterion and
     position sampling. channels_last: compact models in channels-last memory format (faster convs
     on CPU; results equal up to float rounding). bn_scope: which BatchNorms the recalibration
@@ -102,7 +102,7 @@ class PruneConfig:
     granularity: str = "channel"
     criterion: str = "l1"
     reconstruct: bool = True
-    bn_batches: int = 2
+    bn_batches: int = 1
     points_per_image: int = 10
     ridge: float = 1e-4
     seed: int = 0

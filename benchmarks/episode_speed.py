@@ -14,6 +14,7 @@ Runs real searches (the same code as ``amc search``; every ``amc search`` flag i
    a random search (its policies do not depend on scores, so every mode runs the same episodes) in one
    process with 1 thread, one process with 2 threads, and 2 worker processes of 1 thread each.
 
+    # MobileNet-V1 at 224 px on synthetic images: --config with data: {dataset: synthetic, synthetic_size: [1100, 10]}
     python benchmarks/episode_speed.py --model resnet20 --checkpoint CKPT --dataset cifar10 --data-dir DIR \\
         --episodes 30 --warmup-episodes 10 --record results/benchmarks/episode-speed/resnet20.json
 """
@@ -32,10 +33,11 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from amc import apply_policy
 from amc.cli.args import add_flags, search_config
-from amc.config import SearchConfig, to_dict
+from amc.config import SearchConfig, from_dict, to_dict
 from amc.io import atomic_write_text
 from amc.provenance import provenance
 from amc_agents import run_search
@@ -108,10 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--throughput-episodes", type=int, default=9, help="episodes per throughput run")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the throughput modes")
     parser.add_argument("--record", help="write the figures to this JSON file")
+    parser.add_argument("--config", help="YAML file with SearchConfig sections (flags override it)")
     args = parser.parse_args(argv)
+    base = from_dict(SearchConfig, yaml.safe_load(Path(args.config).read_text()), args.config) if args.config else SearchConfig()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        cfg = dataclasses.replace(search_config(args, SearchConfig()), cache_dir=str(tmp / "cache"))
+        cfg = dataclasses.replace(search_config(args, base), cache_dir=str(tmp / "cache"))
         threads = cfg.threads or 1
         cfg = dataclasses.replace(cfg, threads=threads)
         cold = construction_seconds(cfg, tmp / "cold")

@@ -52,6 +52,7 @@ VARIANTS = {  # name: (PruneConfig changes, calibration images)
     "bn": ({"reconstruct": False, "bn_batches": 2}, 500),
     "ls": ({"reconstruct": True, "bn_batches": 0}, 500),
     "ls+bn": ({"reconstruct": True, "bn_batches": 2}, 500),
+    "ls+bn-1batch": ({"reconstruct": True, "bn_batches": 1}, 500),
     "ls+bn-reconstructed": ({"reconstruct": True, "bn_batches": 2, "bn_scope": "reconstructed"}, 500),
     "adaptive-bn": ({"reconstruct": False, "bn_batches": 20}, 2000),
     "ls+adaptive-bn": ({"reconstruct": True, "bn_batches": 20}, 2000),
@@ -173,6 +174,10 @@ def draw_policies(s: dict) -> list[dict]:
     return out
 
 
+def _without(settings: dict, keys: tuple) -> dict:
+    return {k: v for k, v in settings.items() if k not in keys}
+
+
 def spearman(a, b) -> float:
     import pandas as pd
     return float(pd.Series(a).rank().corr(pd.Series(b).rank()))
@@ -263,8 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     todo = []
     for key, kind, i, keep in tasks:
         path = out / "parts" / f"{key}.json"
+        # a fine-tune does not depend on the scoring variants (it applies APPLIED): a new variant only rescores
         relevant = {**s, "keep": keep, "variants": {k: [v[0], v[1]] for k, v in VARIANTS.items()}}
-        if path.is_file() and json.loads(path.read_text())["settings"] == relevant:
+        ignore = ("variants",) if kind == "finetune" else ()
+        if path.is_file() and _without(json.loads(path.read_text())["settings"], ignore) == _without(relevant, ignore):
             results[key] = json.loads(path.read_text())["result"]
         else:
             todo.append((key, kind, i, keep, relevant))

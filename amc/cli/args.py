@@ -55,7 +55,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--granularity", "prune", "granularity", str, "channel: AMC (channels removed for real); weight: fine-grained "
          "AMC (per-layer weight sparsity with masks; give --cost params and a low --lbound, e.g. 0.05)",
          choices=("channel", "weight")),
-    Flag("--bn-batches", "prune", "bn_batches", int, "calibration batches for BatchNorm recalibration (default 2; 0 = off)"),
+    Flag("--bn-batches", "prune", "bn_batches", int, "calibration batches for BatchNorm recalibration (default 1; 0 = off)"),
     Flag("--bn-scope", "prune", "bn_scope", str, "BatchNorms to recalibrate: all, or only those right after a layer "
          "the least squares refitted (default all)", choices=("all", "reconstructed")),
     Flag("--points-per-image", "prune", "points_per_image", int, "sampled positions per image for least squares (default 10; 0 = all)"),
