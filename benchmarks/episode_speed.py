@@ -8,8 +8,10 @@ Runs real searches (the same code as ``amc search``; every ``amc search`` flag i
    episodes after warm-up of prune (channel selection + compaction), reconstruct (least squares),
    bn_recalibration, evaluate (search split) and agent (actions, updates, bookkeeping); and per episode
    user and system CPU seconds and minor page faults (``resource.getrusage`` deltas between episodes).
-   The **floor** is the forward pass of the best policy's compact model over the search split, alone
-   (median of ``--repeats``).
+   The **floor** of an episode is the forward pass of its own compact model over the search split, alone
+   (median of ``--repeats``), measured for the run's top-k episodes (policies at the same budget differ
+   in speed, so each episode is compared with its own model); the ratios are medians over those episodes,
+   for the whole episode and for the environment's part (prune + recovery + evaluate, without the agent).
 3. **Throughput**, side by side in this one process, ``--rounds`` times interleaved: episodes per hour of
    a random search (its policies do not depend on scores, so every mode runs the same episodes) in one
    process with 1 thread, one process with 2 threads, and 2 worker processes of 1 thread each.
@@ -35,8 +37,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from amc import apply_policy
+from amc import Policy, apply_policy
 from amc.cli.args import add_flags, search_config
+from amc.cli.common import reuse_freed_memory
 from amc.config import SearchConfig, from_dict, to_dict
 from amc.io import atomic_write_text
 from amc.provenance import provenance
@@ -106,12 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
     add_flags(parser, "model", "data", "calibration", "prune", "env", "agent", "run")
-    parser.add_argument("--repeats", type=int, default=7, help="floor measurements (median reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="floor measurements per top policy (median)")
     parser.add_argument("--throughput-episodes", type=int, default=9, help="episodes per throughput run")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the throughput modes")
     parser.add_argument("--record", help="write the figures to this JSON file")
     parser.add_argument("--config", help="YAML file with SearchConfig sections (flags override it)")
     args = parser.parse_args(argv)
+    reuse_freed_memory()  # as amc search does (AMC_KEEP_FREED_MEMORY=0 measures without it)
     base = from_dict(SearchConfig, yaml.safe_load(Path(args.config).read_text()), args.config) if args.config else SearchConfig()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -127,14 +131,23 @@ def main(argv: list[str] | None = None) -> int:
         rows = store.episodes()
         torch.set_num_threads(threads)
         task = open_task(cfg.model, cfg.data, cfg.calibration, cfg.prune, cfg.device)
-        floor = floor_seconds(task, store.best_policy(), args.repeats)
+        floors = []
+        for path in sorted((tmp / "episodes" / "top_policies").glob("*.json")):
+            policy = Policy.load(path)
+            row = rows[rows.episode == policy.metrics["episode"]].iloc[0]
+            floor = statistics.median(floor_seconds(task, policy, args.repeats))
+            env_s = sum(float(row[c]) for c in STEPS[:4])
+            floors.append({"episode": int(row.episode), "phase": row.phase, "floor_s": floor, "episode_s": float(row.episode_s),
+                           "env_s": env_s, "episode_to_floor": float(row.episode_s) / floor, "env_to_floor": env_s / floor})
         explore = rows[rows.phase != "warm-up"] if (rows.phase != "warm-up").any() else rows
         medians = {col: float(explore[col].median()) for col in STEPS}
+        ratio = {k: statistics.median(f[k] for f in floors) for k in ("episode_to_floor", "env_to_floor")}
         cpu = usage.per_episode()
         print("median seconds per episode (" + str(len(explore)) + " episodes): " +
               ", ".join(f"{k[:-2]} {v:.3f}" for k, v in medians.items()))
-        print(f"floor {statistics.median(floor):.3f} s; episode / floor = {medians['episode_s'] / statistics.median(floor):.2f}; "
-              f"per episode user {cpu['user']:.2f} s, system {cpu['system']:.2f} s, {cpu['minor_faults']:.0f} minor faults")
+        print(f"top-{len(floors)} episodes against their own floors: episode / floor {ratio['episode_to_floor']:.2f}, "
+              f"without the agent {ratio['env_to_floor']:.2f}; per episode user {cpu['user']:.2f} s, "
+              f"system {cpu['system']:.2f} s, {cpu['minor_faults']:.0f} minor faults")
 
         throughput: dict[str, list[float]] = {name: [] for name in MODES}
         best: dict[str, float] = {}
@@ -155,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         "construction_s": {"cold": cold, "cached": cached},
         "episodes_summarised": len(explore),
         "median_s": medians,
-        "floor_s": {"median": statistics.median(floor), "all": floor},
-        "episode_to_floor": medians["episode_s"] / statistics.median(floor),
+        "floors": floors,
+        "episode_to_floor": ratio["episode_to_floor"],
+        "env_to_floor": ratio["env_to_floor"],
         "per_episode_cpu": {**cpu, "system_to_user": cpu["system"] / cpu["user"] if cpu.get("user") else None},
         "episodes_per_hour": {name: {"median": rates[name], "all": throughput[name], "vs_1_thread": rates[name] / base}
                               for name in MODES},

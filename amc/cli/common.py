@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,10 +13,16 @@ from ..config import DataConfig, ModelConfig, from_dict, to_dict, validate
 from ..errors import AmcError
 from ..data import ImageSet, load_splits, normalization
 from ..io import atomic_write_text, open_model
+from ..memory import keep_freed_memory
 from ..models import ModelSpec, build_model, default_input_shape
 from .args import FLAGS, add_flags, add_model_arg, dest, section
 
 TRAINING_RUN_FLAGS = ("--seed", "--device", "--threads")  # the search's other run flags do not apply to trainings
+
+
+def reuse_freed_memory() -> bool:
+    """:func:`amc.memory.keep_freed_memory` for a long search process, unless ``AMC_KEEP_FREED_MEMORY=0``."""
+    return os.environ.get("AMC_KEEP_FREED_MEMORY", "1") != "0" and keep_freed_memory()
 
 
 def open_from_args(args: argparse.Namespace, model: ModelConfig | None = None):

@@ -13,7 +13,7 @@ import yaml
 from ..config import SearchConfig, from_dict, replace
 from ..errors import AmcError
 from .args import add_flags, search_config
-from .common import check_device
+from .common import check_device, reuse_freed_memory
 
 
 def add_parser(sub) -> None:
@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from amc_agents.report import write_report  # noqa: PLC0415
 
     cfg = search_config(args, _base(args))
+    reuse_freed_memory()  # activations of every episode reuse the heap instead of page-faulting in afresh
     if cfg.cache_dir is None and not args.resume:
         cfg = replace(cfg, cache_dir=str(default_cache_dir()))
     if cfg.cache_dir == "none":
