@@ -8,9 +8,9 @@ CPU seconds and minor page faults (``resource.getrusage(RUSAGE_SELF)`` deltas). 
 time includes the folding (as :meth:`amc_envs.PruningTask.score` pays it per episode). The scores of
 all variants are checked equal (top-1/top-5 exactly, the loss up to float rounding).
 
-``--malloc no-mmap`` sets glibc's ``M_MMAP_MAX`` to 0 and ``M_TRIM_THRESHOLD`` to 2 GiB for the
-whole process (large tensors then come from the heap, which keeps what it grew to): an alternative to
-memory-sized batches that amc itself never applies, measured in its own process.
+``--malloc no-mmap`` applies :func:`amc.memory.keep_freed_memory` (glibc's ``M_MMAP_MAX`` 0 and
+``M_TRIM_THRESHOLD`` 2 GiB for the whole process: large tensors then come from the heap, which keeps
+what it grew to), as ``amc search`` does, measured in its own process.
 
     python benchmarks/scoring_speed.py --model resnet20 --images 500 --repeats 3 --threads 1
     python benchmarks/scoring_speed.py --model mobilenet_v1_imagenet --images 100 --repeats 2 --threads 1 \\
@@ -19,7 +19,6 @@ memory-sized batches that amc itself never applies, measured in its own process.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
@@ -35,22 +34,14 @@ from amc.evaluation import MIB, eval_batch_size, evaluate, fold_batchnorm, large
 from amc.io import atomic_write_text
 from amc.models import ModelSpec, build_model
 from amc.models.registry import default_input_shape
+from amc.memory import keep_freed_memory
 from amc.provenance import provenance
-
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
-
 
 def machine() -> dict:
     """Library versions and platform plus the CPU facts timings depend on."""
     info = provenance()
     return {**info["versions"], "platform": info["machine"], "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
-
-
-def no_mmap() -> dict:
-    """Ask glibc to serve every allocation from its heap and never give the heap back (process-wide)."""
-    libc = ctypes.CDLL("libc.so.6")
-    return {"M_MMAP_MAX=0": libc.mallopt(M_MMAP_MAX, 0), "M_TRIM_THRESHOLD=2GiB": libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)}
 
 
 def measure(fn) -> dict:
@@ -81,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--record", help="write the figures to this JSON file")
     args = parser.parse_args(argv)
-    malloc = no_mmap() if args.malloc == "no-mmap" else {}
+    malloc = {"keep_freed_memory": keep_freed_memory()} if args.malloc == "no-mmap" else {}
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -1,5 +1,11 @@
 """Scoring policies ahead in worker processes (--workers) and RL rollouts of several episodes (--episode-batch)."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +17,9 @@ from amc_agents import RunStore, SB3Agent, run_search
 from amc_agents.agent import RandomAgent
 from amc_agents.parallel import ScoringPool, fork_available
 from amc_envs import ChannelPruningEnv, PruningTask, policy_key
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in (".", "envs", "agents"))}
 
 pytestmark = pytest.mark.skipif(not fork_available(), reason="scoring workers are forked (Linux)")
 
@@ -94,14 +103,17 @@ def test_pool_fills_the_environment_with_the_scores_it_would_compute(task, one_t
     env = ChannelPruningEnv(task)
     plans = RandomAgent(seed=1).plan(env, 3)
     with ScoringPool(env, 2, threads=1) as pool:
+        assert pool.size == 4  # plans twice as many episodes as workers: none idles behind a slow policy
         pool(plans)
         assert set(env.ahead) == {policy_key(k) for k in plans}
-        first = env.ahead[policy_key(plans[0])]
-        pool(plans[1:])  # the next episode is already scored: nothing to do, nothing dropped
-        assert len(env.ahead) == 3
+        first = env.ahead[policy_key(plans[0])].result()
+        second = env.ahead[policy_key(plans[1])]
+        pool(plans[1:])  # the first is no longer planned: dropped; the others are not submitted again
+        assert set(env.ahead) == {policy_key(k) for k in plans[1:]} and env.ahead[policy_key(plans[1])] is second
+        result = env.evaluate(plans[1])  # waits for its worker's score
     assert first.metrics == env.score(plans[0]).metrics and first.kept == env.score(plans[0]).kept
-    result = env.evaluate(plans[0])
-    assert env.scored_ahead == 1 and policy_key(plans[0]) not in env.ahead and result.metrics["loss"] == first.metrics["loss"]
+    assert env.scored_ahead == 1 and policy_key(plans[1]) not in env.ahead
+    assert result.metrics["loss"] == env.score(plans[1]).metrics["loss"]
 
 
 def test_worker_settings(tmp_path, task):
@@ -118,3 +130,59 @@ def test_worker_settings(tmp_path, task):
     with pytest.warns(Warning, match="TPE proposes each trial"):
         run_search(SearchConfig(agent=AgentConfig(algorithm="tpe"), episodes=2, workers=2), tmp_path / "c", task=task)
     assert not np.isnan(RunStore(tmp_path / "c").episodes().reward).any()
+
+
+def _children(pid: int) -> list[int]:
+    return [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat")
+            if _stat(int(stat.parent.name))[1:2] == [str(pid)]]
+
+
+def _stat(pid: int) -> list[str]:
+    """State, parent pid, ... of a process ([] when it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    return _stat(pid)[:1] not in ([], ["Z"])
+
+
+def _start_search(out: Path, **popen) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "amc.cli", "search", "--model", "resnet8", "--input-shape", "3", "16", "16", "--dataset",
+           "synthetic", "--holdout", "200", "--search-images", "200", "--episodes", "200", "--agent", "random",
+           "--threads", "1", "--workers", "2", "--calibration-images", "100", "--quiet", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "episodes.csv").is_file() and
+                                          len((out / "episodes.csv").read_text().splitlines()) >= 4):
+        time.sleep(0.05)
+    return proc
+
+
+def test_workers_end_with_a_killed_search_and_a_stopped_one_resumes(tmp_path):
+    proc = _start_search(tmp_path / "killed")
+    workers = [w for w in _children(proc.pid) if _alive(w)]
+    assert len(workers) == 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers)  # no orphan left waiting for work forever
+
+    def terminal_like():  # own process group, SIGINT on: what a terminal's Ctrl-C reaches
+        os.setpgrp()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    out = tmp_path / "stopped"
+    proc = _start_search(out, preexec_fn=terminal_like)
+    os.killpg(proc.pid, signal.SIGINT)  # the search and its workers, as Ctrl-C does
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and f"amc search --resume {out}" in err and "Traceback" not in err, err
+    done = len((out / "episodes.csv").read_text().splitlines()) - 1
+    r = subprocess.run([sys.executable, "-m", "amc.cli", "search", "--resume", str(out), "--episodes", str(done + 3),
+                        "--quiet"], env=ENV, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert RunStore(out).episodes().episode.tolist() == list(range(1, done + 4))

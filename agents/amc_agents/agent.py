@@ -156,9 +156,9 @@ class _EpisodeCallback(BaseCallback):
         noise = getattr(self.model, "action_noise", None)
         if isinstance(noise, TruncatedNormalNoise):
             noise.episodes = done
-        if self.prefetch is not None:  # the whole rollout (the actor is fixed during it), and at least a worker each
+        if self.prefetch is not None:  # the whole rollout (the actor is fixed during it), or more in warm-up
             rollout = min(self.model.train_freq.frequency, self.episodes - self.seen)
-            self.prefetch(self.planner(min(max(self.prefetch.size, rollout), self.episodes - self.seen)), needed=rollout)
+            self.prefetch(self.planner(min(max(self.prefetch.size, rollout), self.episodes - self.seen)))
 
     def _on_step(self) -> bool:
         # never stop early: learn() ends after exactly the requested episodes, once their transitions

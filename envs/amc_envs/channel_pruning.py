@@ -103,7 +103,8 @@ class ChannelPruningEnv(gym.Env):
     After the last prunable group: ``terminated=True`` (never truncated). ``info["result"]`` then
     holds the :class:`EpisodeResult` (timings: seconds of prune, reconstruct, bn_recalibration, evaluate).
     A policy already scored ahead (:attr:`ahead`, filled by a pool of scoring processes from the
-    episodes :meth:`plan` predicts) is not scored again: scoring is a pure function of the kept counts.
+    episodes :meth:`plan` predicts, with scores or futures of them) is not scored again: scoring is a pure
+    function of the kept counts.
 
     ## Arguments
     - ``task``: a :class:`~amc_envs.task.PruningTask` (default: a tiny synthetic task, for checks).
@@ -137,7 +138,7 @@ class ChannelPruningEnv(gym.Env):
         self._t = 0
         self._keep: dict[GroupName, int] = {}
         self._requested: dict[GroupName, float] = {}
-        self.ahead: dict[tuple, Scored] = {}  # policies scored ahead of their episode, by policy_key
+        self.ahead: dict[tuple, Any] = {}  # by policy_key: a Scored, or a future with .result() -> Scored
         self.scored_ahead = 0  # episodes whose score came from ``ahead``
 
     def make_budget(self, target: float) -> Budget:
@@ -218,6 +219,7 @@ class ChannelPruningEnv(gym.Env):
         if scored is None:
             scored = self.score(keep)
         else:
+            scored = scored if isinstance(scored, Scored) else scored.result()  # waits for a worker
             self.scored_ahead += 1
         return self.episode_result(keep, requested, scored)
 
