@@ -156,53 +156,75 @@ def _hooked(m: nn.Module) -> bool:
                 or parametrize.is_parametrized(m))
 
 
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """A module computing ``model``'s eval-mode function with BatchNorms folded into the layer before them.
+def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """``(layer, batchnorm)`` module names of ``model`` whose BatchNorm can be folded into the layer before it.
 
-    A BatchNorm (1d/2d/3d, eval mode, running statistics) is folded when its only input is the output of a
-    Conv1d/2d/3d (Linear for BatchNorm1d on (N, features)) that is used by nothing else; the layer's weights
-    and bias absorb the normalisation (``torch.nn.utils.fusion``) and the BatchNorm is gone. Everything else
-    stays: BatchNorms after an add, a concatenation or an activation, layers called more than once, modules
-    with hooks or parametrizations, training-mode ones. Outputs equal ``model``'s up to float rounding;
-    weights keep their memory format (channels-last).
-
-    ``model`` is never modified and shares nothing with the result (a deep copy is folded). A model with
-    nothing to fold, one fx cannot trace or copy, or one with hooks on a module the trace inlines is
-    returned as it is (not a copy).
+    A BatchNorm (1d/2d/3d, eval mode, running statistics) qualifies when its only input is the output of a
+    Conv1d/2d/3d (Linear for BatchNorm1d on (N, features)) that is called once and used by nothing else (an
+    fx trace decides). Not: BatchNorms after an add, a concatenation or an activation, layers called more
+    than once, modules with hooks or parametrizations, training-mode ones. Empty for a model fx cannot
+    trace, or one with hooks on a module the trace would inline.
     """
     try:
         gm = fx.symbolic_trace(model)
     except Exception:
-        return model
+        return []
     calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
     if _hooked(model) or any(_hooked(m) for name, m in model.named_modules() if name and name not in calls):
-        return model  # the trace would drop hooks of the modules it inlines
-    try:
-        gm = copy.deepcopy(gm)
-    except Exception:  # e.g. torch.nn.utils.prune's computed weights cannot be deep-copied
-        return model
-    modules = dict(gm.named_modules())
-    folded = False
-    for node in list(gm.graph.nodes):
+        return []  # the trace would drop hooks of the modules it inlines
+    modules = dict(model.named_modules())
+    pairs = []
+    for node in gm.graph.nodes:
         bn = modules.get(node.target) if node.op == "call_module" else None
-        if bn is None or len(node.args) != 1 or node.kwargs:
+        if bn is None or len(node.args) != 1 or node.kwargs or calls[node.target] != 1:
             continue
         prev = node.args[0]
         if not isinstance(prev, fx.Node) or prev.op != "call_module" or len(prev.users) != 1 or calls[prev.target] != 1:
             continue
-        layer = modules[prev.target]
-        if _FOLDABLE.get(type(layer)) is not type(bn) or bn.training or layer.training or not bn.track_running_stats \
-                or bn.running_mean is None or bn.running_var is None or _hooked(bn) or _hooked(layer):
-            continue
+        if _foldable(modules[prev.target], bn):
+            pairs.append((prev.target, node.target))
+    return pairs
+
+
+def _foldable(layer: nn.Module, bn: nn.Module) -> bool:
+    return (_FOLDABLE.get(type(layer)) is type(bn) and not bn.training and not layer.training and bn.track_running_stats
+            and bn.running_mean is not None and bn.running_var is not None and not _hooked(bn) and not _hooked(layer)
+            and bn.num_features == (layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels))
+
+
+def fold_pairs(model: nn.Module, pairs: Sequence[tuple[str, str]]) -> nn.Module | None:
+    """A deep copy of ``model`` with each ``(layer, batchnorm)`` of ``pairs`` folded: the layer's weights and
+    bias absorb the normalisation (``torch.nn.utils.fusion``; weights keep their memory format) and the
+    BatchNorm becomes an ``nn.Identity``. ``pairs`` come from :func:`foldable_pairs` of this model or of one
+    with the same structure (a pruned copy of it: the trace need not be repeated). None when a pair does not
+    name a foldable layer and BatchNorm of ``model``, or ``model`` cannot be copied; ``model`` is never changed.
+    """
+    modules = dict(model.named_modules())
+    if not all(a in modules and b in modules and _foldable(modules[a], modules[b]) for a, b in pairs):
+        return None
+    try:
+        folded = copy.deepcopy(model)
+    except Exception:  # e.g. torch.nn.utils.prune's computed weights cannot be deep-copied
+        return None
+    for layer_name, bn_name in pairs:
+        layer, bn = folded.get_submodule(layer_name), folded.get_submodule(bn_name)
         fuse = fuse_linear_bn_eval if isinstance(layer, nn.Linear) else fuse_conv_bn_eval
-        fused = fuse(layer, bn)  # elementwise on the weight: keeps its memory format
-        parent, _, attr = prev.target.rpartition(".")
-        setattr(gm.get_submodule(parent) if parent else gm, attr, fused)
-        node.replace_all_uses_with(prev)
-        gm.graph.erase_node(node)
-        folded = True
-    if not folded:
-        return model
-    gm.delete_all_unused_submodules()
-    gm.recompile()
-    return gm
+        _replace(folded, layer_name, fuse(layer, bn))  # elementwise on the weight: keeps its memory format
+        _replace(folded, bn_name, nn.Identity())
+    return folded
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A module computing ``model``'s eval-mode function with BatchNorms folded into the layer before them
+    (:func:`foldable_pairs`, :func:`fold_pairs`). Outputs equal ``model``'s up to float rounding. ``model``
+    is never modified and shares nothing with the result; a model with nothing to fold, or one fx cannot
+    trace or copy, is returned as it is (not a copy).
+    """
+    pairs = foldable_pairs(model)
+    folded = fold_pairs(model, pairs) if pairs else None
+    return model if folded is None else folded

@@ -8,24 +8,12 @@ from torch.nn.utils import prune as torch_prune
 
 from amc.config import PruneConfig, validate
 from amc.errors import AmcError
-from amc.evaluation import MIB, eval_batch_size, evaluate, fold_batchnorm, largest_activation_bytes
+from amc.evaluation import (MIB, eval_batch_size, evaluate, fold_batchnorm, fold_pairs, foldable_pairs,
+                            largest_activation_bytes)
 from amc.models import ModelSpec, build_model
 from amc_envs import PruningTask, make_task
 
-from .nets import GroupedNet
-
-
-def randomize_batchnorms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial running statistics and affine parameters, so that folding changes every weight."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
-    return model.eval()
+from .nets import GroupedNet, randomize_bn
 
 
 class AddThenNorm(nn.Module):
@@ -131,7 +119,7 @@ def test_task_sizes_its_batches_once_from_the_config():
 
 def test_scores_equal_between_batch_500_and_memory_sized_batches():
     torch.manual_seed(1)
-    model = randomize_batchnorms(build_model(ModelSpec("resnet8", 10, (3, 16, 16))))
+    model = randomize_bn(build_model(ModelSpec("resnet8", 10, (3, 16, 16))))
     x = torch.randn(205, 3, 16, 16).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         y = model(x).argmax(1)
@@ -150,7 +138,7 @@ def test_scores_equal_between_batch_500_and_memory_sized_batches():
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_folded_model_matches_and_has_no_batchnorm_left(name, channels_last):
     model, shape = models()[name]
-    model = randomize_batchnorms(model)
+    model = randomize_bn(model)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -172,7 +160,7 @@ def test_folded_model_matches_and_has_no_batchnorm_left(name, channels_last):
 
 
 def test_only_batchnorms_right_after_a_layer_used_once_are_folded():
-    model = randomize_batchnorms(AddThenNorm())
+    model = randomize_bn(AddThenNorm())
     folded = fold_batchnorm(model)
     kept = {n for n, m in folded.named_modules() if isinstance(m, nn.BatchNorm2d)}
     assert kept == {"bn_in", "bn_add", "bn_relu", "bn_twice_used", "bn_shared"}
@@ -182,7 +170,7 @@ def test_only_batchnorms_right_after_a_layer_used_once_are_folded():
 
 
 def test_linear_then_batchnorm1d_is_folded():
-    model = randomize_batchnorms(nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2)))
+    model = randomize_bn(nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2)))
     folded = fold_batchnorm(model)
     assert not any(isinstance(m, nn.BatchNorm1d) for m in folded.modules())
     x = torch.randn(5, 3, 2, 2)
@@ -191,20 +179,20 @@ def test_linear_then_batchnorm1d_is_folded():
 
 
 def test_training_mode_hooks_and_untraceable_models_are_left_alone():
-    model = randomize_batchnorms(build_model(ModelSpec("resnet8", 10, (3, 16, 16)))).train()
+    model = randomize_bn(build_model(ModelSpec("resnet8", 10, (3, 16, 16)))).train()
     assert fold_batchnorm(model) is model  # training BatchNorms normalise by the batch: nothing to fold
-    untraceable = randomize_batchnorms(Untraceable())
+    untraceable = randomize_bn(Untraceable())
     before = {k: v.clone() for k, v in untraceable.state_dict().items()}
     assert fold_batchnorm(untraceable) is untraceable
     assert all(torch.equal(v, before[k]) for k, v in untraceable.state_dict().items())
     x = torch.randn(2, 3, 6, 6)
-    hooked = randomize_batchnorms(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)))
+    hooked = randomize_bn(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)))
     hooked[0].register_forward_hook(lambda m, i, out: out.abs())  # runs between the conv and its BatchNorm
     folded = fold_batchnorm(hooked)
-    assert [type(m) for m in folded.children()] == [nn.Conv2d, nn.BatchNorm2d, nn.Conv2d]  # only the plain pair folded
+    assert [type(m) for m in folded.children()] == [nn.Conv2d, nn.BatchNorm2d, nn.Conv2d, nn.Identity]  # only the plain pair
     with torch.no_grad():
         assert torch.allclose(folded(x), hooked(x), atol=1e-5)
-    masked = randomize_batchnorms(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)))
+    masked = randomize_bn(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)))
     torch_prune.l1_unstructured(masked[2], "weight", amount=0.5)  # a forward pre-hook applies the mask
     folded = fold_batchnorm(masked)
     assert isinstance(folded.get_submodule("3"), nn.BatchNorm2d)  # the masked conv keeps its mask and BatchNorm
@@ -214,7 +202,7 @@ def test_training_mode_hooks_and_untraceable_models_are_left_alone():
 
 def test_task_scores_folded_models_like_unfolded_ones_and_evaluators_get_the_model():
     task = PruningTask.tiny(seed=0)
-    randomize_batchnorms(task.model)
+    randomize_bn(task.model)
     plain = evaluate(task.model, task.search_images, task.search_labels, 500)
     scored = task.score(task.model)
     assert scored["top1"] == plain["top1"] and scored["top5"] == plain["top5"]
@@ -223,3 +211,20 @@ def test_task_scores_folded_models_like_unfolded_ones_and_evaluators_get_the_mod
     seen = []
     judged = dataclasses.replace(task, evaluator=lambda m: seen.append(m) or 0.5)
     assert judged.score(task.model) == {"score": 0.5} and seen == [task.model]
+
+
+def test_pairs_found_on_the_dense_model_fold_its_pruned_copies():
+    task = PruningTask.tiny(seed=1)
+    pairs = foldable_pairs(task.model)
+    assert pairs and all(isinstance(task.model.get_submodule(bn), nn.BatchNorm2d) for _, bn in pairs)
+    small = task.engine.prune_keep({g.name: g.channels // 2 for g in task.graph.prunable}).model
+    folded = fold_pairs(small, pairs)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in small.modules())  # the pruned model itself is unchanged
+    x = task.search_images[:8]
+    with torch.no_grad():
+        assert torch.allclose(folded(x), small(x), atol=1e-4)
+    other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())  # pairs that do not fit a model: no fold, not a wrong one
+    assert fold_pairs(other, pairs) is None
+    assert task._fold_pairs is None or task._fold_pairs == pairs
+    assert task.score(small) == task.score(folded)  # the task folds the pruned model with the same pairs

@@ -14,7 +14,7 @@ from amc.config import CalibrationConfig, DataConfig, ModelConfig, PruneConfig
 from amc.cost import CostModel, MacsCost, ParamsCost, check_costs, params
 from amc.errors import AmcError
 from amc.data import ImageSet, load_splits, normalization
-from amc.evaluation import MIB, custom_score, eval_batch_size, evaluate, fold_batchnorm
+from amc.evaluation import MIB, custom_score, eval_batch_size, evaluate, fold_batchnorm, fold_pairs, foldable_pairs
 from amc.io import open_model
 from amc.models import ModelSpec, build_model
 from amc.prune import PruneResult, PruningEngine
@@ -55,6 +55,7 @@ class PruningTask:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     exclude: tuple[str, ...] = ()
     evaluator: Callable[[nn.Module], float] | None = None
+    _fold_pairs: list[tuple[str, str]] | None = field(default=None, init=False, repr=False)  # found once, dense model
 
     @property
     def prune_config(self) -> PruneConfig:
@@ -64,14 +65,18 @@ class PruningTask:
         """Top-1/top-5 accuracy and loss of ``model`` on the search split (never the test split), or
         ``{"score": evaluator(model)}`` when the task has an evaluator (given ``model`` itself).
 
-        A channel-pruned model is scored with its BatchNorms folded into the convs before them
-        (:func:`amc.evaluation.fold_batchnorm`: faster, equal up to float rounding; ``model`` is not changed).
+        A channel-pruned model is scored with its BatchNorms folded into the convs before them (faster, equal
+        up to float rounding; ``model`` is not changed): the pairs the dense model's trace found, or, for a
+        model they do not fit, :func:`amc.evaluation.fold_batchnorm`.
         """
         model = model.to(self.device)
         if self.evaluator is not None:
             return {"score": custom_score(self.evaluator, model)}
         if self.prune_config.granularity == "channel":
-            model = fold_batchnorm(model)
+            if self._fold_pairs is None:
+                self._fold_pairs = foldable_pairs(self.model)
+            if self._fold_pairs:
+                model = fold_pairs(model, self._fold_pairs) or fold_batchnorm(model)
         return evaluate(model, self.search_images, self.search_labels, self.batch_size)
 
     def evaluate(self, keep: Keep) -> tuple[dict[str, float], PruneResult]:
