@@ -18,13 +18,18 @@ M_TRIM_THRESHOLD = -1  # mallopt parameters (glibc's malloc.h)
 M_MMAP_MAX = -4
 
 
+def libc() -> ctypes.CDLL | None:
+    """The process's C library (None where it cannot be loaded)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
 def keep_freed_memory() -> bool:
     """Make glibc serve large blocks from its heap and keep freed memory for reuse; True if applied
     (False where the C library is not glibc, e.g. macOS, Windows or musl)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return False
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
+    c = libc()
+    return c is not None and bool(c.mallopt(M_MMAP_MAX, 0)) and bool(c.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))

@@ -14,8 +14,6 @@ so they share its model, calibration statistics and search split without copying
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import multiprocessing
 import os
 import signal
@@ -26,6 +24,7 @@ import torch
 
 from amc.calibration import Needs
 from amc.errors import AmcError
+from amc.memory import libc
 from amc_envs import ChannelPruningEnv, Scored, policy_key
 
 _worker_env: ChannelPruningEnv | None = None  # the environment a worker process scores with (set once per worker)
@@ -42,10 +41,10 @@ def _start_worker(env: ChannelPruningEnv, threads: int, parent: int) -> None:
 def _die_with(parent: int) -> None:
     """End this worker when the search process dies, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``): its pipe
     stays open in the sibling workers, so it would otherwise wait for work forever."""
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
+    c = libc()
+    if c is None or not hasattr(c, "prctl"):  # not Linux
         return
+    c.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the search died before the line above
         os._exit(1)
 
