@@ -351,15 +351,19 @@ def format_epoch(row: Mapping, epochs: int) -> str:
 
 class Progress(Callback):
     """Report progress: ``log(line)`` once per epoch (see :func:`format_epoch`) when ``log`` is given,
-    and with ``bar=True`` a tqdm bar per epoch (on stderr, removed when the epoch ends)."""
+    and with ``bar=True`` a tqdm bar per epoch (on stderr, removed when the epoch ends). Without a bar,
+    also a line every ``every_s`` seconds within an epoch (``epoch E/N: step i/S, train loss L,
+    train top-1 A (T s)``), so a log file shows a long epoch moving; ``every_s=None`` turns it off."""
 
     order = 100
 
-    def __init__(self, log: Callable[[str], None] | None = None, bar: bool = False):
-        self.log, self.bar = log, bar
+    def __init__(self, log: Callable[[str], None] | None = None, bar: bool = False, every_s: float | None = 60.0):
+        self.log, self.bar, self.every_s = log, bar, every_s
         self._bar = None
+        self._epoch_began = self._last_line = 0.0
 
     def on_epoch_start(self, s: TrainState) -> None:
+        self._epoch_began = self._last_line = time.monotonic()
         if self.bar:
             from tqdm import tqdm  # noqa: PLC0415
 
@@ -370,6 +374,12 @@ class Progress(Callback):
             self._bar.update(1)
             self._bar.set_postfix(loss=f"{s.metrics['train_loss']:.3f}", acc=f"{s.metrics['train_top1']:.3f}",
                                   refresh=False)
+        elif self.log is not None and self.every_s is not None and time.monotonic() - self._last_line >= self.every_s:
+            self._last_line = now = time.monotonic()
+            done = s.step - s.epoch * s.steps_per_epoch
+            self.log(f"epoch {s.epoch + 1}/{s.config.epochs}: step {done}/{s.steps_per_epoch}, "
+                     f"train loss {s.metrics['train_loss']:.4f}, train top-1 {s.metrics['train_top1']:.4f} "
+                     f"({now - self._epoch_began:.0f} s)")
 
     def on_epoch_end(self, s: TrainState) -> None:
         self._close()

@@ -9,7 +9,9 @@ recovery differs. Each policy is scored on the search split under every recovery
 ``none``                    no least squares, no BatchNorm recalibration
 ``bn``                      BatchNorm recalibration of all layers (2 batches of 100 images)
 ``ls``                      least-squares reconstruction only
-``ls+bn``                   least squares, then all BatchNorms recalibrated (amc's default)
+``ls+bn``                   least squares, then all BatchNorms recalibrated (2 batches of 100 images)
+``ls+bn-1batch``            the same with 1 batch of 100 images
+``ls+bn-50images``          the same with 1 batch of 50 images (calibration batch size 50)
 ``ls+bn-reconstructed``     least squares, then only the BatchNorms right after refitted layers
 ``adaptive-bn``             EagleEye's adaptive BN: no least squares, 20 batches (2,000 images)
 ``ls+adaptive-bn``          least squares, then 20 batches of BN recalibration
@@ -47,15 +49,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS_FROM = ROOT / "results/benchmarks/resnet20-50macs/ddpg-seed0/best_policy.json"
 SPLIT_SIZES = (250, 500, 1000, 2000)
-VARIANTS = {  # name: (PruneConfig changes, calibration images)
-    "none": ({"reconstruct": False, "bn_batches": 0}, 500),
-    "bn": ({"reconstruct": False, "bn_batches": 2}, 500),
-    "ls": ({"reconstruct": True, "bn_batches": 0}, 500),
-    "ls+bn": ({"reconstruct": True, "bn_batches": 2}, 500),
-    "ls+bn-1batch": ({"reconstruct": True, "bn_batches": 1}, 500),
-    "ls+bn-reconstructed": ({"reconstruct": True, "bn_batches": 2, "bn_scope": "reconstructed"}, 500),
-    "adaptive-bn": ({"reconstruct": False, "bn_batches": 20}, 2000),
-    "ls+adaptive-bn": ({"reconstruct": True, "bn_batches": 20}, 2000),
+VARIANTS = {  # name: (PruneConfig changes, CalibrationConfig changes)
+    "none": ({"reconstruct": False, "bn_batches": 0}, {"images": 500}),
+    "bn": ({"reconstruct": False, "bn_batches": 2}, {"images": 500}),
+    "ls": ({"reconstruct": True, "bn_batches": 0}, {"images": 500}),
+    "ls+bn": ({"reconstruct": True, "bn_batches": 2}, {"images": 500}),
+    "ls+bn-1batch": ({"reconstruct": True, "bn_batches": 1}, {"images": 500}),
+    "ls+bn-50images": ({"reconstruct": True, "bn_batches": 1}, {"images": 500, "batch_size": 50}),
+    "ls+bn-reconstructed": ({"reconstruct": True, "bn_batches": 2, "bn_scope": "reconstructed"}, {"images": 500}),
+    "adaptive-bn": ({"reconstruct": False, "bn_batches": 20}, {"images": 2000}),
+    "ls+adaptive-bn": ({"reconstruct": True, "bn_batches": 20}, {"images": 2000}),
 }
 APPLIED = "ls+bn"  # how the fine-tuned models are pruned (what `amc apply` does by default)
 
@@ -94,9 +97,9 @@ def engine_for(ctx: dict, variant: str):
     from amc.prune import PruningEngine
     key = f"engine:{variant}"
     if key not in ctx:
-        changes, images = VARIANTS[variant]
+        changes, calibration = VARIANTS[variant]
         cfg = replace(ctx["ref"].prune, **changes)
-        calib = CalibrationSet.draw(ctx["train"], ctx["norm"], replace(ctx["ref"].calibration, images=images))
+        calib = CalibrationSet.draw(ctx["train"], ctx["norm"], replace(ctx["ref"].calibration, **calibration))
         ctx[key] = PruningEngine(ctx["model"], ctx["graph"], cfg, calib)
     return ctx[key]
 
@@ -291,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     info = provenance(command=" ".join([Path(sys.executable).name, *sys.argv]))
     atomic_write_text(json.dumps({"command": info["command"], "machine": info["machine"], "versions": info["versions"],
                                   "cpus": os.cpu_count(), "settings": s, "seconds_this_run": time.time() - started,
-                                  "variants": {k: {"prune": v[0], "calibration_images": v[1]} for k, v in VARIANTS.items()},
+                                  "variants": {k: {"prune": v[0], "calibration": v[1]} for k, v in VARIANTS.items()},
                                   "policy_rules": {r: sum(p["rule"] == r for p in policies) for r in ("uniform", "scale", "clamp")}},
                                  indent=1) + "\n", out / "record.json")
     log(f"done in {time.time() - started:.0f} s")

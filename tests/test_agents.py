@@ -49,7 +49,8 @@ def test_buffer_stores_final_reward_executed_action_and_baseline():
 
 @pytest.mark.parametrize("algorithm", ["ddpg", "td3", "sac"])
 def test_sb3_agents_use_both_learning_rates(task, algorithm):
-    """The critic's learning rate is its own (not the actor's), and changing it changes what the critic learns."""
+    """The critic's learning rate is its own (not the actor's), and changing it changes what the critic learns;
+    both optimisers use multi-tensor Adam."""
     env = ChannelPruningEnv(task, EnvConfig())
     critics = {}
     for critic_lr in (1e-3, 3e-2):
@@ -60,6 +61,8 @@ def test_sb3_agents_use_both_learning_rates(task, algorithm):
         agent.run(env, 3, on_episode=lambda r: None, before_episode=lambda: 0)
         assert agent.model.critic.optimizer.param_groups[0]["lr"] == pytest.approx(critic_lr)
         assert agent.model.actor.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+        # one multi-tensor Adam update per parameter list (torch's CPU default is a loop over tensors)
+        assert agent.model.actor.optimizer.defaults["foreach"] and agent.model.critic.optimizer.defaults["foreach"]
         critics[critic_lr] = torch.cat([p.detach().flatten() for p in agent.model.critic.parameters()])
     assert not torch.allclose(critics[1e-3], critics[3e-2])
 

@@ -217,6 +217,17 @@ def test_validate_csv_and_progress(tmp_path, capsys):
     assert capsys.readouterr() == ("", "")
 
 
+def test_progress_without_a_bar_logs_a_line_per_interval_within_an_epoch():
+    lines = []
+    Trainer(config(epochs=2), [Progress(lines.append, every_s=0.0)]).fit(tiny_model(), images(64), NORM)  # 4 steps/epoch
+    steps = [line for line in lines if ": step " in line]
+    assert [line.split(",")[0] for line in steps] == [f"epoch {e}/2: step {i}/4" for e in (1, 2) for i in (1, 2, 3, 4)]
+    assert len(lines) == 10 and lines[4].startswith("epoch 1/2: train loss")
+    quiet = []
+    Trainer(config(epochs=1), [Progress(quiet.append)]).fit(tiny_model(), images(64), NORM)  # default: every 60 s
+    assert len(quiet) == 1
+
+
 def test_stop_ends_training_after_the_current_step():
     spy = Spy(stop_at=1)
     state = Trainer(config(epochs=2), [spy]).fit(tiny_model(), images(64), NORM)

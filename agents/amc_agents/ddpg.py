@@ -7,7 +7,9 @@ All agent defaults live in :class:`amc.config.AgentConfig`. What differs from st
 - truncated-normal exploration around the actor's action (:class:`~amc_agents.noise.TruncatedNormalNoise`,
   applied through the ``_sample_action`` hook);
 - every transition stored with the episode's final reward minus a moving-average baseline
-  (:class:`~amc_agents.buffer.EpisodeRewardReplayBuffer`).
+  (:class:`~amc_agents.buffer.EpisodeRewardReplayBuffer`);
+- Adam with ``foreach=True`` also on the CPU (one fused update per parameter list: an episode's gradient steps
+  take about two thirds of the time of torch's per-tensor CPU default).
 """
 from __future__ import annotations
 
@@ -69,7 +71,8 @@ def make_sb3_agent(env, groups: int, cfg: AgentConfig, seed: int, device: str = 
                   gamma=cfg.gamma, train_freq=(1, "episode"), gradient_steps=-1,
                   replay_buffer_class=EpisodeRewardReplayBuffer,
                   replay_buffer_kwargs={"baseline_momentum": cfg.baseline_momentum},
-                  policy_kwargs={"net_arch": list(cfg.hidden)}, seed=seed, device=device, verbose=0)
+                  policy_kwargs={"net_arch": list(cfg.hidden), "optimizer_kwargs": {"foreach": True}},
+                  seed=seed, device=device, verbose=0)
     if name != "sac":
         kwargs["action_noise"] = TruncatedNormalNoise.from_ratio_units(
             cfg.sigma, decay=cfg.sigma_decay, warmup_episodes=cfg.warmup_episodes, seed=seed)
