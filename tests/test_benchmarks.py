@@ -51,3 +51,13 @@ def test_scoring_speed_benchmark_times_every_variant_and_checks_equal_scores(tmp
     assert rows["0.1 MiB"]["batch"] == 6 and rows["batch 500"]["largest_activation_mib"] == 30 * 16 ** 3 * 4 / 2 ** 20
     assert all(len(r["all_wall_s"]) == 2 and r["wall_s"] > 0 and r["minflt"] >= 0 for r in rows.values())
     assert "0.1 MiB + fold" in capsys.readouterr().out
+
+
+def test_core_scaling_benchmark_measures_one_and_two_processes(tmp_path):
+    import core_scaling
+    out = tmp_path / "scaling.json"
+    assert core_scaling.main(["--mib", "4", "--seconds", "0.05", "--rounds", "1", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"copy", "depthwise", "matmul"}
+    # two processes do work too (a broken barrier or a lost queue item would hang or give zero)
+    assert all(r["one_process_per_s"] > 0 and r["two_processes_per_s"] > 0 for r in results.values())

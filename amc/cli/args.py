@@ -46,7 +46,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--image-size", "data", "image_size", int, "side length of folder/synthetic images (default: the model's)"),
     # calibration
     Flag("--calibration-images", "calibration", "images", int, "calibration images drawn from the trained-on part (default 500)"),
-    Flag("--calibration-batch-size", "calibration", "batch_size", int, "images per calibration batch (default 100)"),
+    Flag("--calibration-batch-size", "calibration", "batch_size", int, "images per calibration batch, also the BatchNorm recalibration batch (default 50)"),
     Flag("--calibration-seed", "calibration", "seed", int, "seed of the calibration draw (default 0)"),
     # prune
     Flag("--criterion", "prune", "criterion", str, "channel importance criterion (default l1)",
