@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils import parametrize
-from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from .errors import AmcError
 from .models.registry import import_object
@@ -192,24 +192,31 @@ def _foldable(layer: nn.Module, bn: nn.Module) -> bool:
             and bn.num_features == (layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels))
 
 
-def fold_pairs(model: nn.Module, pairs: Sequence[tuple[str, str]]) -> nn.Module | None:
+def fold_pairs(model: nn.Module, pairs: Sequence[tuple[str, str]], *, in_place: bool = False) -> nn.Module | None:
     """A deep copy of ``model`` with each ``(layer, batchnorm)`` of ``pairs`` folded: the layer's weights and
     bias absorb the normalisation (``torch.nn.utils.fusion``; weights keep their memory format) and the
     BatchNorm becomes an ``nn.Identity``. ``pairs`` come from :func:`foldable_pairs` of this model or of one
     with the same structure (a pruned copy of it: the trace need not be repeated). None when a pair does not
-    name a foldable layer and BatchNorm of ``model``, or ``model`` cannot be copied; ``model`` is never changed.
+    name a foldable layer and BatchNorm of ``model``, or ``model`` cannot be copied; ``model`` is not changed,
+    unless ``in_place``: then ``model`` itself is folded and returned (no copy; for a model scored once and
+    dropped, such as a search episode's compact model).
     """
     modules = dict(model.named_modules())
     if not all(a in modules and b in modules and _foldable(modules[a], modules[b]) for a, b in pairs):
         return None
-    try:
-        folded = copy.deepcopy(model)
-    except Exception:  # e.g. torch.nn.utils.prune's computed weights cannot be deep-copied
-        return None
+    if in_place:
+        folded = model
+    else:
+        try:
+            folded = copy.deepcopy(model)
+        except Exception:  # e.g. torch.nn.utils.prune's computed weights cannot be deep-copied
+            return None
     for layer_name, bn_name in pairs:
         layer, bn = folded.get_submodule(layer_name), folded.get_submodule(bn_name)
-        fuse = fuse_linear_bn_eval if isinstance(layer, nn.Linear) else fuse_conv_bn_eval
-        _replace(folded, layer_name, fuse(layer, bn))  # elementwise on the weight: keeps its memory format
+        fuse = fuse_linear_bn_weights if isinstance(layer, nn.Linear) else fuse_conv_bn_weights
+        # torch.nn.utils.fusion's arithmetic (elementwise on the weight: keeps its memory format), on this layer
+        layer.weight, layer.bias = fuse(layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps,
+                                        bn.weight, bn.bias)
         _replace(folded, bn_name, nn.Identity())
     return folded
 

@@ -228,3 +228,20 @@ def test_pairs_found_on_the_dense_model_fold_its_pruned_copies():
     assert fold_pairs(other, pairs) is None
     assert task._fold_pairs is None or task._fold_pairs == pairs
     assert task.score(small) == task.score(folded)  # the task folds the pruned model with the same pairs
+    with torch.no_grad():
+        expected = small(x)
+    assert fold_pairs(small, pairs, in_place=True) is small  # in place: the model itself, no copy
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in small.modules())
+    with torch.no_grad():
+        assert torch.allclose(small(x), expected, atol=1e-4)
+
+
+def test_task_evaluate_scores_the_episode_model_folded_in_place_with_the_same_score():
+    task = PruningTask.tiny(seed=2)
+    keep = {g.name: max(1, g.channels // 2) for g in task.graph.prunable}
+    metrics, result = task.evaluate(keep)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in result.model.modules())  # folded, not a copy
+    rebuilt = task.engine.prune_keep(keep).model
+    assert any(isinstance(m, nn.BatchNorm2d) for m in rebuilt.modules())
+    assert task.score(rebuilt)["top1"] == metrics["top1"]
+    assert task.score(rebuilt)["loss"] == pytest.approx(metrics["loss"], rel=1e-6)

@@ -61,13 +61,14 @@ class PruningTask:
     def prune_config(self) -> PruneConfig:
         return self.engine.cfg
 
-    def score(self, model: nn.Module) -> dict[str, float]:
+    def score(self, model: nn.Module, *, fold_in_place: bool = False) -> dict[str, float]:
         """Top-1/top-5 accuracy and loss of ``model`` on the search split (never the test split), or
         ``{"score": evaluator(model)}`` when the task has an evaluator (given ``model`` itself).
 
         A channel-pruned model is scored with its BatchNorms folded into the convs before them (faster, equal
-        up to float rounding; ``model`` is not changed): the pairs the dense model's trace found, or, for a
-        model they do not fit, :func:`amc.evaluation.fold_batchnorm`.
+        up to float rounding; ``model`` is not changed unless ``fold_in_place``, which folds ``model`` itself
+        instead of a copy): the pairs the dense model's trace found, or, for a model they do not fit,
+        :func:`amc.evaluation.fold_batchnorm`.
         """
         model = model.to(self.device)
         if self.evaluator is not None:
@@ -76,19 +77,21 @@ class PruningTask:
             if self._fold_pairs is None:
                 self._fold_pairs = foldable_pairs(self.model)
             if self._fold_pairs:
-                model = fold_pairs(model, self._fold_pairs) or fold_batchnorm(model)
+                model = fold_pairs(model, self._fold_pairs, in_place=fold_in_place) or fold_batchnorm(model)
         return evaluate(model, self.search_images, self.search_labels, self.batch_size)
 
     def evaluate(self, keep: Keep) -> tuple[dict[str, float], PruneResult]:
         """Prune to ``keep``, check the pruned model's costs against the accounting, score it.
 
         Returns (metrics, result): metrics hold ``top1``, ``top5``, ``loss`` and, per cost model,
-        the measured cost and its ratio to dense (``macs``, ``macs_ratio``, ...).
+        the measured cost and its ratio to dense (``macs``, ``macs_ratio``, ...). ``result.model`` comes
+        back scored, with its BatchNorms folded into the convs before them (an inference model: rebuild
+        one for training with :meth:`amc.prune.PruningEngine.prune_keep`).
         """
         result = self.engine.prune_keep(keep)
         measured = check_costs(self.graph, keep, result.model, list(self.costs.values()))
         start = time.perf_counter()
-        metrics = self.score(result.model)
+        metrics = self.score(result.model, fold_in_place=True)  # an episode's own model: no copy
         result.timings["evaluate"] = time.perf_counter() - start
         for name, c in self.costs.items():
             metrics[name] = measured[name]
