@@ -45,7 +45,7 @@ AGENT = "ddpg"
 EPISODES = 200
 EPOCHS = 5
 HOLDOUT = 300  # training images never trained on; all of them score policies (the search split)
-CALIBRATION = CalibrationConfig(images=300)
+CALIBRATION = CalibrationConfig(images=300, batch_size=100)  # 3 BN batches of 100: the figures in the README
 PRUNE = PruneConfig(bn_batches=3)
 MARKER = "amc demo 2: resnet20 on digits"  # content of the folder's .amc-demo (older demos left it empty)
 
