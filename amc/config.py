@@ -86,9 +86,9 @@ class PruneConfig:
     ``apoz`` | ``mean_activation`` | ``taylor`` | ``random``. reconstruct: least-squares refit of
     the consumers of pruned groups. bn_batches: calibration batches used to re-estimate BatchNorm
     statistics (0 = off; their size is ``CalibrationConfig.batch_size``). points_per_image: sampled conv
-    output positions per image for the least squares (0 = all). ridge: relative ridge term. seed: seeds the random criterion and
-    position sampling. channels_last: compact models in channels-last memory format (faster convs
-    on CPU; results equal up to float rounding). bn_scope: which BatchNorms the recalibration
+    output positions per image for the least squares (0 = all). ridge: relative ridge term. seed: seeds
+    the random criterion and position sampling. channels_last: compact models in channels-last memory
+    format (faster convs on CPU; results equal up to float rounding). bn_scope: which BatchNorms the recalibration
     re-estimates: ``all`` | ``reconstructed`` (only those directly after a layer the least squares
     refitted; the others keep the dense statistics). eval_batch_mib: on CPU, the search split is
     scored in batches of as many images as keep the largest activation tensor of a batch within this
