@@ -226,7 +226,7 @@ def test_pairs_found_on_the_dense_model_fold_its_pruned_copies():
         assert torch.allclose(folded(x), small(x), atol=1e-4)
     other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())  # pairs that do not fit a model: no fold, not a wrong one
     assert fold_pairs(other, pairs) is None
-    assert task._fold_pairs is None or task._fold_pairs == pairs
+    assert task.dense_fold_pairs() == pairs
     assert task.score(small) == task.score(folded)  # the task folds the pruned model with the same pairs
     with torch.no_grad():
         expected = small(x)

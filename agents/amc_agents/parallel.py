@@ -6,8 +6,9 @@ from its action space's generator, and within one ``episode_batch`` from an acto
 The agents (:mod:`amc_agents.agent`) replay their own sampling on saved generator states to *plan* the
 next episodes; a :class:`ScoringPool` has the planned counts scored in ``workers`` processes and puts
 the futures of their scores in the environment's :attr:`~amc_envs.ChannelPruningEnv.ahead`. The
-episodes then run exactly as in one process, in order, each waiting for its own score only: the run's files, the agent's state and
-resume are those of a serial run (a wrong plan only costs time: the episode then scores itself).
+episodes then run exactly as in one process, in order, each waiting for its own score only: the run's
+files, the agent's state and resume are those of a serial run (a wrong plan only costs time: the
+episode then scores itself).
 
 Workers are forked from the searching process (Linux; elsewhere the search scores in one process),
 so they share its model, calibration statistics and search split without copying or pickling them.
@@ -75,6 +76,8 @@ class ScoringPool:
         engine = env.task.engine
         if engine.calibration is not None and engine.needs & (Needs.ACTIVATIONS | Needs.GRAM | Needs.GRADIENTS):
             engine.stats  # gathered once here, shared by every worker, instead of once per worker
+        if engine.cfg.granularity == "channel" and env.task.evaluator is None:
+            env.task.dense_fold_pairs()  # traced once here too, not once per worker
         self.env, self.size = env, 2 * workers
         self.executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                             initializer=_start_worker, initargs=(env, threads, os.getpid()))

@@ -73,12 +73,16 @@ class PruningTask:
         model = model.to(self.device)
         if self.evaluator is not None:
             return {"score": custom_score(self.evaluator, model)}
-        if self.prune_config.granularity == "channel":
-            if self._fold_pairs is None:
-                self._fold_pairs = foldable_pairs(self.model)
-            if self._fold_pairs:
-                model = fold_pairs(model, self._fold_pairs, in_place=fold_in_place) or fold_batchnorm(model)
+        if self.prune_config.granularity == "channel" and self.dense_fold_pairs():
+            model = fold_pairs(model, self.dense_fold_pairs(), in_place=fold_in_place) or fold_batchnorm(model)
         return evaluate(model, self.search_images, self.search_labels, self.batch_size)
+
+    def dense_fold_pairs(self) -> list[tuple[str, str]]:
+        """The dense model's foldable ``(layer, batchnorm)`` pairs (:func:`amc.evaluation.foldable_pairs`, one
+        fx trace per task, then reused for every pruned copy)."""
+        if self._fold_pairs is None:
+            self._fold_pairs = foldable_pairs(self.model)
+        return self._fold_pairs
 
     def evaluate(self, keep: Keep) -> tuple[dict[str, float], PruneResult]:
         """Prune to ``keep``, check the pruned model's costs against the accounting, score it.
