@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = str(ROOT / "benchmarks")
 
 
 def test_episode_speed_benchmark_writes_its_record(tmp_path):
     """The benchmark runs a real short search and relates episode time to the scoring floor."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, BENCHMARKS)
     import episode_speed
 
     record = tmp_path / "speed.json"
@@ -37,7 +38,7 @@ def test_episode_speed_benchmark_writes_its_record(tmp_path):
 
 
 def test_scoring_speed_benchmark_times_every_variant_and_checks_equal_scores(tmp_path, capsys):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, BENCHMARKS)
     import scoring_speed
 
     record = tmp_path / "scoring.json"
@@ -54,6 +55,7 @@ def test_scoring_speed_benchmark_times_every_variant_and_checks_equal_scores(tmp
 
 
 def test_core_scaling_benchmark_measures_one_and_two_processes(tmp_path):
+    sys.path.insert(0, BENCHMARKS)
     import core_scaling
     out = tmp_path / "scaling.json"
     assert core_scaling.main(["--mib", "4", "--seconds", "0.05", "--rounds", "1", "--out", str(out)]) == 0
@@ -61,3 +63,11 @@ def test_core_scaling_benchmark_measures_one_and_two_processes(tmp_path):
     assert set(results) == {"copy", "depthwise", "matmul"}
     # two processes do work too (a broken barrier or a lost queue item would hang or give zero)
     assert all(r["one_process_per_s"] > 0 and r["two_processes_per_s"] > 0 for r in results.values())
+
+
+def test_agent_update_speed_benchmark_times_both_optimisers(capsys):
+    sys.path.insert(0, BENCHMARKS)
+    import agent_update_speed
+    assert agent_update_speed.main(["--steps", "3", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "default  Adam:" in out and "foreach  Adam:" in out and "for 3 gradient steps" in out
