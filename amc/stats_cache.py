@@ -47,15 +47,23 @@ def _tensor(h, t: torch.Tensor) -> None:
 
 
 class StatsCache:
-    """Calibration statistics and baseline records in ``folder`` (created on first write)."""
+    """Calibration statistics and baseline records in ``folder`` (created on first write).
+
+    ``FORMAT`` is part of every key: it changes whenever what a key must cover changes, so entries written
+    by an older amc are never served (2: the calibration batch size joined the statistics' key, because
+    the positions sampled for the Gram matrices follow the batch order).
+    """
+
+    FORMAT = 2
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder).expanduser()
 
     def stats_key(self, model: nn.Module, calibration: CalibrationSet, settings: dict) -> str:
-        """Key of the statistics of ``model`` on ``calibration`` gathered with ``settings`` (needs, sampling, seed)."""
+        """Key of the statistics of ``model`` on ``calibration`` (its images, labels and batch size) gathered
+        with ``settings`` (needs, sampling, seed)."""
         labels = calibration.labels if calibration.labels is not None else torch.zeros(0)
-        return "stats-" + digest(model, calibration.images, labels, settings)
+        return "stats-" + digest(self.FORMAT, model, calibration.images, labels, calibration.batch_size, settings)
 
     def load_stats(self, key: str) -> CalibrationStats | None:
         path = self.folder / f"{key}.pt"

@@ -164,3 +164,30 @@ def test_a_second_search_of_the_same_model_and_data_reuses_the_cached_baseline(t
     with pytest.raises(AmcError, match="cache folder .* cannot be created"):
         run_search(SearchConfig(**{**cfg.__dict__, "cache_dir": str(tmp_path / "file" / "sub")}), tmp_path / "d")
     assert not (tmp_path / "d").exists()
+
+
+def test_a_policy_found_with_a_shared_cache_rebuilds_the_scored_model_after_the_batch_size_changed(tmp_path):
+    """A cache filled by a search with other calibration batches must not serve its statistics: the best
+    policy of the second search, applied without any cache, scores exactly what the search recorded."""
+    from amc import Policy, apply_policy, calibration_for
+    from amc.config import CalibrationConfig, DataConfig, ModelConfig
+    from amc.data import load_splits, normalization
+    from amc.evaluation import evaluate
+    from amc.io import save_model
+    from amc.models import ModelSpec, build_model
+
+    spec = ModelSpec("resnet8", 10, (3, 16, 16))
+    torch.manual_seed(0)
+    model = build_model(spec)
+    save_model(tmp_path / "m.pt", model, spec)
+    data = DataConfig(synthetic_size=(200, 10), holdout=100, search_images=100, image_size=16)
+    cfg = SearchConfig(model=ModelConfig("resnet8", str(tmp_path / "m.pt")), data=data,
+                       calibration=CalibrationConfig(images=100, batch_size=50), agent=AgentConfig(algorithm="random"),
+                       episodes=3, cache_dir=str(tmp_path / "cache"))
+    run_search(cfg, tmp_path / "a")
+    run_search(SearchConfig(**{**cfg.__dict__, "calibration": CalibrationConfig(images=100, batch_size=20)}), tmp_path / "b")
+    policy = Policy.load(tmp_path / "b" / "best_policy.json")
+    rebuilt = apply_policy(model, policy, calibration=calibration_for(policy, data=data)).model
+    search = load_splits(data, ("search",), image_size=16)["search"]
+    loss = evaluate(rebuilt, normalization(data)(search.images), search.labels)["loss"]
+    assert loss == pytest.approx(policy.metrics["loss"], abs=1e-4)

@@ -252,7 +252,14 @@ def test_stats_cache_serves_equal_statistics_without_recomputing_and_never_stale
     PruningEngine(model, graph, PruneConfig(), CalibrationSet(calib.images + 1e-3, batch_size=20), cache).stats
     PruningEngine(model, graph, PruneConfig(points_per_image=3), calib, cache).stats
     assert len(calls) == 3  # other images, other sampling: other keys
+    # the sampled positions follow the batch order: another batch size gathers other Gram matrices,
+    # and serving the cached ones would score a model that apply_policy (no cache) does not rebuild
+    halves = CalibrationSet(calib.images, batch_size=10)
+    served = PruningEngine(model, graph, PruneConfig(), halves, cache).stats
+    fresh = PruningEngine(model, graph, PruneConfig(), halves, None).stats
+    assert len(calls) == 5 and all(torch.equal(served.gram[k], fresh.gram[k]) for k in fresh.gram)
+    assert any(not torch.equal(first.gram[k], fresh.gram[k]) for k in fresh.gram)
     for f in (tmp_path / "cache").glob("stats-*.pt"):
         f.write_bytes(b"torn")
     again = PruningEngine(model, graph, PruneConfig(), calib, cache).stats
-    assert len(calls) == 4 and all(torch.equal(first.gram[k], again.gram[k]) for k in first.gram)
+    assert len(calls) == 6 and all(torch.equal(first.gram[k], again.gram[k]) for k in first.gram)

@@ -145,7 +145,7 @@ class SearchRunner:
             return
         # a user's evaluator is code amc cannot fingerprint: its baseline is scored afresh in every run
         cache = self.task.engine.cache if self.task.evaluator is None else None
-        key = "uniform-" + digest(self.task.model, self.task.search_images, self.task.search_labels,
+        key = "uniform-" + digest(StatsCache.FORMAT, self.task.model, self.task.search_images, self.task.search_labels,
                                   self.task.engine.calibration.images if self.task.engine.calibration else 0,
                                   asdict(self.cfg.env), asdict(self.task.prune_config), asdict(self.task.calibration),
                                   list(self.task.exclude),
