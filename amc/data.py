@@ -205,7 +205,8 @@ def read_split(cfg: DataConfig, split: str, num_classes: int = 10, image_size: i
 
 
 def split_indices(n: int, holdout: int, search_images: int, seed: int) -> dict[str, torch.Tensor]:
-    """Sorted index sets of ``range(n)``: ``train`` (trained on), ``holdout`` and its first ``search_images`` (``search``)."""
+    """Sorted index sets of ``range(n)``: ``train`` (trained on), ``holdout``, its first ``search_images``
+    (``search``) and the rest of it (``holdout_rest``: held out, never scored by a search)."""
     if not 0 <= holdout < n:
         raise AmcError(f"a holdout of {holdout} images leaves no training images in a training set of {n} "
                        "(lower --holdout)")
@@ -213,15 +214,15 @@ def split_indices(n: int, holdout: int, search_images: int, seed: int) -> dict[s
         raise AmcError(f"the search split ({search_images} images) must be part of the holdout ({holdout} images)")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return {"train": perm[holdout:].sort().values, "holdout": perm[:holdout].sort().values,
-            "search": perm[:search_images].sort().values}
+            "search": perm[:search_images].sort().values, "holdout_rest": perm[search_images:holdout].sort().values}
 
 
 def load_splits(cfg: DataConfig, splits: tuple[str, ...] = ("train", "search", "test"), *, num_classes: int = 10,
                 image_size: int = 32) -> dict[str, ImageSet]:
-    """The requested splits: ``train`` (trained-on part), ``holdout`` and ``search`` come from the
-    training set, ``test`` from the test set. Labels must be below ``num_classes`` (the model's outputs)."""
+    """The requested splits: ``train`` (trained-on part), ``holdout``, ``search`` and ``holdout_rest``
+    (:func:`split_indices`) come from the training set, ``test`` from the test set. Labels must be below ``num_classes`` (the model's outputs)."""
     out: dict[str, ImageSet] = {}
-    wanted = [s for s in splits if s in ("train", "holdout", "search")]
+    wanted = [s for s in splits if s in ("train", "holdout", "search", "holdout_rest")]
     if wanted:
         full = read_split(cfg, "train", num_classes, image_size)
         index = split_indices(len(full), cfg.holdout, cfg.search_images, cfg.split_seed)

@@ -7,8 +7,14 @@ budget rule was set) this
 - rebuilds, with the library's :func:`amc.apply_policy` and the policy's recorded recovery settings and
   calibration images, the model each run's best policy was scored as, and the model of the uniform
   policy scored in the runs (``uniform_policy.json``), and records their test top-1 **without fine-tuning**;
+- checks that each rebuilt best model scores on the search split what the search recorded
+  (``search_top1_rebuilt``; a mismatch means the search scored a model its policy file does not rebuild);
 - counts the episodes each run needed for its best-so-far search-split top-1 to beat the uniform
   policy's by 2 points;
+- with ``--reselect``, re-scores each run's top-k policies (``top_policies/``) on the held-out images the
+  search never scored (``holdout_rest``) and records the test top-1 of the one that scores best there
+  (``test_top1_reselected``) and the best test top-1 among them (``test_top1_top_k_max``): how much of the
+  gap between search split and test is the winner's curse of selecting on the search split;
 - with ``--finetune-epochs N``, fine-tunes for the same number of epochs (:func:`amc.training.train`)
   each method's best policy (``--finetune best``: the seed with the best search reward; ``all``:
   every seed), the uniform policy and the dense model;
@@ -17,7 +23,7 @@ budget rule was set) this
   ``results/benchmarks/search-quality.json`` (per method: per-seed test top-1 without and with
   fine-tuning, search-split score, episodes).
 
-    python benchmarks/compare_methods.py NAME --checkpoint CKPT --data-dir DIR [--finetune-epochs 1 --finetune best]
+    python benchmarks/compare_methods.py NAME --checkpoint CKPT --data-dir DIR [--reselect] [--finetune-epochs 1 --finetune best]
 """
 from __future__ import annotations
 
@@ -60,26 +66,45 @@ class Evaluator:
 
     def splits(self, policy: Policy):
         if self._splits is None:
-            self._splits = load_splits(self.data(policy), ("train", "test"), num_classes=self.spec.num_classes)
+            self._splits = load_splits(self.data(policy), ("train", "search", "holdout_rest", "test"),
+                                       num_classes=self.spec.num_classes)
         return self._splits
 
-    def test_top1(self, model, policy: Policy) -> float:
-        test = self.splits(policy)["test"]
-        return evaluate(model, normalization(self.data(policy))(test.images), test.labels)["top1"]
+    def top1(self, model, policy: Policy, split: str = "test") -> float:
+        part = self.splits(policy)[split]
+        return evaluate(model, normalization(self.data(policy))(part.images), part.labels)["top1"]
+
+    def rebuild(self, policy: Policy):
+        """The model the search scored for ``policy`` (its recorded recovery settings and calibration images)."""
+        return apply_policy(self.model, policy, calibration=calibration_for(policy, data=self.data(policy)))
 
     def apply(self, policy_path: Path, finetune_epochs: int = 0, finetune_out: Path | None = None) -> dict:
-        """Test top-1 of the scored model of ``policy_path`` (and after fine-tuning)."""
+        """Test top-1 of the scored model of ``policy_path`` (and after fine-tuning), and its search-split top-1."""
         policy = Policy.load(policy_path)
-        applied = apply_policy(self.model, policy, calibration=calibration_for(policy, data=self.data(policy)))
+        applied = self.rebuild(policy)
         macs = applied.costs["macs"]
-        out = {"macs_ratio_measured": macs[1] / macs[0], "test_top1": self.test_top1(applied.model, policy),
-               "dense_test_top1": self.test_top1(self.model, policy)}
+        out = {"macs_ratio_measured": macs[1] / macs[0], "test_top1": self.top1(applied.model, policy),
+               "search_top1_rebuilt": self.top1(applied.model, policy, "search"),
+               "dense_test_top1": self.top1(self.model, policy)}
         if finetune_epochs > 0:
             cfg = TrainConfig(epochs=finetune_epochs, lr=FINETUNE_LR)
             train(applied.model, self.spec, self.splits(policy)["train"], self.splits(policy)["test"],
                   normalization(self.data(policy)), cfg, finetune_out)
-            out["test_top1_finetuned"] = self.test_top1(applied.model, policy)
+            out["test_top1_finetuned"] = self.top1(applied.model, policy)
         return out
+
+    def reselect(self, run: Path) -> dict:
+        """Re-score ``run``'s top-k policies on ``holdout_rest``: the test top-1 of the best one there (ties: the
+        better search rank), its rank, and the best test top-1 among all k."""
+        scored = []
+        for path in (run / "top_policies").glob("policy_*.json"):
+            policy = Policy.load(path)
+            model = self.rebuild(policy).model
+            scored.append((self.top1(model, policy, "holdout_rest"), -int(path.stem.split("_")[1]),
+                           self.top1(model, policy)))
+        rest, rank, test = max(scored)
+        return {"reselected_rank": -rank, "reselect_top1": rest, "test_top1_reselected": test,
+                "test_top1_top_k_max": max(t for *_, t in scored), "top_k": len(scored)}
 
 
     def finetune_dense(self, policy_path: Path, epochs: int, out: Path) -> float:
@@ -89,7 +114,7 @@ class Evaluator:
         model = copy.deepcopy(self.model)
         train(model, self.spec, self.splits(policy)["train"], self.splits(policy)["test"],
               normalization(self.data(policy)), TrainConfig(epochs=epochs, lr=FINETUNE_LR), out)
-        return self.test_top1(model, policy)
+        return self.top1(model, policy)
 
 
 def episodes_to_beat(episodes: pd.DataFrame, uniform_top1: float, margin: float = 0.02) -> float:
@@ -98,7 +123,7 @@ def episodes_to_beat(episodes: pd.DataFrame, uniform_top1: float, margin: float 
     return float(episodes.episode[hit[0]]) if len(hit) else float("nan")
 
 
-def run_rows(folder: Path, evaluator: Evaluator) -> list[dict]:
+def run_rows(folder: Path, evaluator: Evaluator, reselect: bool = False) -> list[dict]:
     rows = []
     for run in sorted(folder.glob("*-seed*")):
         if not (run / "best_policy.json").is_file():
@@ -112,7 +137,8 @@ def run_rows(folder: Path, evaluator: Evaluator) -> list[dict]:
                      "episodes_to_beat_uniform_by_2pts": episodes_to_beat(episodes, uniform["top1"]),
                      "search_reward": float(best.reward), "search_top1": float(best.top1),
                      "best_episode": int(best.episode), "wall_s": float(episodes.elapsed_s.iloc[-1]),
-                     "uniform_search_reward": uniform["reward"], **evaluator.apply(run / "best_policy.json")})
+                     "uniform_search_reward": uniform["reward"], **evaluator.apply(run / "best_policy.json"),
+                     **(evaluator.reselect(run) if reselect else {})})
     return rows
 
 
@@ -152,10 +178,13 @@ def markdown_table(summary: pd.DataFrame) -> str:
     def pm(mean, std, scale=1.0, digits=4):
         return f"{mean * scale:.{digits}f}" + ("" if pd.isna(std) else f" ± {std * scale:.{digits}f}")
 
+    reselected = "test_top1_reselected_mean" in summary
     lines = ["| method | runs | episodes per run | search reward (−error), mean ± std | test top-1 % no fine-tune, "
-             "mean ± std | test top-1 % fine-tuned | episodes to beat uniform by 2 pts (median) | "
+             "mean ± std | " + ("test top-1 % no fine-tune, top-k re-selected on the rest of the holdout | "
+                                 "best test top-1 % among the top-k | " if reselected else "") +
+             "test top-1 % fine-tuned | episodes to beat uniform by 2 pts (median) | "
              "MACs ratio (measured, max) | wall time per run (s) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- | --- |" if reselected else "")]
     for _, r in summary.iterrows():
         tuned = r.get("test_top1_finetuned")
         if tuned is None or pd.isna(tuned):
@@ -165,10 +194,20 @@ def markdown_table(summary: pd.DataFrame) -> str:
         wall = "–" if pd.isna(r.wall_s) else f"{r.wall_s:.0f}"
         beat = "–" if pd.isna(r.get("episodes_to_beat_uniform")) else f"{r.episodes_to_beat_uniform:.0f}"
         std = r.search_reward_std if r.method != "uniform" else r.search_reward_std_uniform
+        extra = ""
+        if reselected:
+            extra = ("– | – | " if pd.isna(r.test_top1_reselected_mean) else
+                     f"{pm(r.test_top1_reselected_mean, r.test_top1_reselected_std, 100, 2)} | "
+                     f"{pm(r.test_top1_top_k_max_mean, r.test_top1_top_k_max_std, 100, 2)} | ")
         lines.append(f"| {r.method} | {r.runs} | {r.episodes} | {pm(r.search_reward_mean, std)} | "
-                     f"{pm(r.test_top1_mean, r.test_top1_std, 100, 2)} | {tuned} | {beat} | {r.macs_ratio:.4f} | {wall} |")
+                     f"{pm(r.test_top1_mean, r.test_top1_std, 100, 2)} | {extra}{tuned} | {beat} | {r.macs_ratio:.4f} | "
+                     f"{wall} |")
     if "dense_finetuned" in summary:
         lines += ["", f"Dense model fine-tuned for the same epochs: {summary.dense_finetuned.iloc[0] * 100:.2f}% test top-1."]
+    gaps = summary.rebuilt_gap_max.dropna()
+    if len(gaps):
+        lines += ["", f"Rebuilt best models (`amc.apply_policy`, no cache) against the search-split top-1 the searches "
+                      f"recorded: largest difference {gaps.max() * 100:.2f} points over {int(summary.runs[gaps.index].sum())} runs."]
     return "\n".join(lines) + "\n"
 
 
@@ -184,6 +223,7 @@ def write_quality_json(path: Path, name: str, model: str, runs: pd.DataFrame, re
         methods[method] = {"seeds": [int(x) for x in part.seed],
                            "test_top1_no_finetune": [num(x) for x in part.test_top1],
                            "test_top1_finetuned": [num(x) for x in part.get("test_top1_finetuned", [None] * len(part))],
+                           "test_top1_reselected": [num(x) for x in part.get("test_top1_reselected", [None] * len(part))],
                            "search_score_reward": [num(x) for x in part.get("search_reward", [None] * len(part))],
                            "search_top1": [num(x) for x in part.get("search_top1", [None] * len(part))],
                            "episodes": [int(x) for x in part.episodes]}
@@ -197,14 +237,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", help="folder under results/benchmarks")
     p.add_argument("--checkpoint", required=True, help="the dense model the searches pruned")
     p.add_argument("--data-dir", required=True)
+    p.add_argument("--results", default=str(ROOT / "results" / "benchmarks"),
+                   help="folder holding NAME and search-quality.json (default results/benchmarks)")
+    p.add_argument("--reselect", action="store_true",
+                   help="also re-score every run's top-k policies on the held-out images the search never scored")
     p.add_argument("--finetune-epochs", type=int, default=0)
     p.add_argument("--finetune", choices=("best", "all"), default="best",
                    help="fine-tune each method's best-search-reward seed, or every seed")
     args = p.parse_args(argv)
-    folder = ROOT / "results" / "benchmarks" / args.name
+    folder = Path(args.results) / args.name
     started = time.time()
     evaluator = Evaluator(args.checkpoint, args.data_dir)
-    runs = pd.DataFrame(run_rows(folder, evaluator))
+    runs = pd.DataFrame(run_rows(folder, evaluator, args.reselect))
+    runs["rebuilt_gap"] = (runs.search_top1_rebuilt - runs.search_top1).abs()
     if runs.empty:
         raise SystemExit(f"no finished runs in {folder}")
     first = sorted(folder.glob("*-seed*/uniform_policy.json"))[0]  # the same uniform policy and model in every run
@@ -216,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         search_reward_std=("search_reward", "std"), test_top1_mean=("test_top1", "mean"),
         test_top1_std=("test_top1", "std"), test_top1_min=("test_top1", "min"), test_top1_max=("test_top1", "max"),
         macs_ratio=("macs_ratio_measured", "max"), wall_s=("wall_s", "mean"),
-        episodes_to_beat_uniform=("episodes_to_beat_uniform_by_2pts", "median")).reset_index()
+        episodes_to_beat_uniform=("episodes_to_beat_uniform_by_2pts", "median"), rebuilt_gap_max=("rebuilt_gap", "max"),
+        **({f"{c}_{f}": (c, f) for c in ("test_top1_reselected", "test_top1_top_k_max") for f in ("mean", "std")}
+           if args.reselect else {})).reset_index()
     summary["search_reward_std_uniform"] = runs.uniform_search_reward.std()
     if args.finetune_epochs > 0:
         models, epochs = folder / "models", args.finetune_epochs
@@ -243,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     plot_best_reward(axes[0], folder, float(uniform["search_reward"]), [m for m in summary.method if m != "uniform"])
     plot_test_accuracy(axes[1], summary)
     model = Policy.load(first).model["name"]
-    fig.suptitle(f"{model}, 50% MACs target, JPEG CIFAR-10 (search split 2,000 held-out train images; test 10,000)")
+    images = Policy.load(first).data.search_images
+    fig.suptitle(f"{model}, 50% MACs target, JPEG CIFAR-10 (search split {images:,} held-out train images; test 10,000)")
     fig.tight_layout()
     fig.savefig(folder / "comparison.png", dpi=120)
     plt.close(fig)
@@ -254,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
               "test_models": "amc.apply_policy with each policy's recorded recovery settings and calibration images",
               "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write_text(json.dumps(record, indent=2) + "\n", folder / "record.json")
-    write_quality_json(ROOT / "results" / "benchmarks" / "search-quality.json", args.name, model, runs, record)
+    write_quality_json(Path(args.results) / "search-quality.json", args.name, model, runs, record)
     print(summary.to_string(index=False))
     return 0
 

@@ -71,3 +71,46 @@ def test_agent_update_speed_benchmark_times_both_optimisers(capsys):
     assert agent_update_speed.main(["--steps", "3", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
     assert "default  Adam:" in out and "foreach  Adam:" in out and "for 3 gradient steps" in out
+
+
+def test_compare_methods_checks_rebuilds_and_reselects_on_the_rest_of_the_holdout(tmp_path):
+    """Two tiny random searches summarised: each best policy rebuilds to its recorded search score, and
+    re-selection picks, among each run's top-k, the policy that scores best on the held-out rest."""
+    import pandas as pd
+
+    from amc import Policy, apply_policy, calibration_for
+    from amc.config import AgentConfig, CalibrationConfig, DataConfig, ModelConfig, SearchConfig
+    from amc.data import load_splits, normalization
+    from amc.evaluation import evaluate
+    from amc.io import save_model
+    from amc.models import ModelSpec, build_model
+    from amc_agents import run_search
+
+    sys.path.insert(0, BENCHMARKS)
+    import compare_methods
+
+    spec = ModelSpec("resnet8", 10, (3, 16, 16))
+    torch_model = build_model(spec)
+    save_model(tmp_path / "m.pt", torch_model, spec)
+    data = DataConfig(synthetic_size=(240, 30), holdout=120, search_images=60, image_size=16)
+    for seed in (0, 1):
+        run_search(SearchConfig(model=ModelConfig("resnet8", str(tmp_path / "m.pt")), data=data,
+                                calibration=CalibrationConfig(images=60, batch_size=30),
+                                agent=AgentConfig(algorithm="random"), episodes=6, seed=seed, cache_dir=None),
+                   tmp_path / "res" / "tiny" / f"random-seed{seed}")
+    assert compare_methods.main(["tiny", "--checkpoint", str(tmp_path / "m.pt"), "--data-dir", "",
+                                 "--results", str(tmp_path / "res"), "--reselect"]) == 0
+    runs = pd.read_csv(tmp_path / "res" / "tiny" / "runs.csv")
+    searched = runs[runs.method == "random"]
+    assert len(searched) == 2 and (searched.rebuilt_gap == 0).all() and (searched.top_k == 5).all()
+    rest = load_splits(data, ("holdout_rest",), image_size=16)["holdout_rest"]
+    for _, r in searched.iterrows():
+        scores = []
+        for rank in range(1, 6):
+            policy = Policy.load(tmp_path / "res" / "tiny" / f"random-seed{r.seed}" / "top_policies" / f"policy_{rank}.json")
+            model = apply_policy(torch_model, policy, calibration=calibration_for(policy, data=data)).model
+            scores.append(evaluate(model, normalization(data)(rest.images), rest.labels)["top1"])
+        assert r.reselect_top1 == pytest.approx(max(scores))
+        assert r.reselected_rank == scores.index(max(scores)) + 1  # ties go to the better search rank
+    assert "top-k re-selected" in (tmp_path / "res" / "tiny" / "table.md").read_text()
+    assert "tiny" in json.loads((tmp_path / "res" / "search-quality.json").read_text())

@@ -150,8 +150,9 @@ def test_digits_are_the_bundled_real_images_with_a_fixed_test_part():
 
 def test_digits_through_load_splits():
     cfg = validate(DataConfig("digits", holdout=300, search_images=200, split_seed=1))
-    s = load_splits(cfg, ("train", "holdout", "search", "test"), num_classes=10, image_size=16)
-    assert {k: len(v) for k, v in s.items()} == {"train": 1097, "holdout": 300, "search": 200, "test": 400}
+    s = load_splits(cfg, ("train", "holdout", "search", "holdout_rest", "test"), num_classes=10, image_size=16)
+    assert {k: len(v) for k, v in s.items()} == {"train": 1097, "holdout": 300, "search": 200, "holdout_rest": 100,
+                                                 "test": 400}
     assert all(v.images.shape[1:] == (3, 16, 16) for v in s.values())
     assert torch.equal(s["test"].images, load_splits(DataConfig("digits", split_seed=2, holdout=10, search_images=5),
                                                      ("test",), image_size=16)["test"].images)  # split_seed: train only
@@ -183,6 +184,7 @@ def test_split_is_deterministic_and_disjoint():
     assert len(set(a["train"].tolist()) | set(a["holdout"].tolist())) == 100 and len(a["holdout"]) == 20
     assert set(a["search"].tolist()) <= set(a["holdout"].tolist()) and len(a["search"]) == 8
     assert not set(a["train"].tolist()) & set(a["holdout"].tolist())
+    assert set(a["holdout_rest"].tolist()) == set(a["holdout"].tolist()) - set(a["search"].tolist())
     assert not torch.equal(split_indices(100, 20, 8, seed=4)["search"], a["search"])
     # a longer search split of the same holdout extends the shorter one (same permutation prefix)
     assert set(a["search"].tolist()) <= set(split_indices(100, 20, 12, seed=3)["search"].tolist())

@@ -17,7 +17,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="top-1/top-5 accuracy, loss, MACs and params on a split")
     add_model_arg(p)
     add_flags(p, "model", "data", skip=("--exclude",))
-    p.add_argument("--split", default="test", choices=["train", "holdout", "search", "test"])
+    p.add_argument("--split", default="test", choices=["train", "holdout", "search", "holdout_rest", "test"],
+                   help="holdout_rest: the held-out images after the search split (default test)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
