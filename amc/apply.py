@@ -20,6 +20,7 @@ from .errors import AmcError
 from .policy import Policy
 from .prune import PruningEngine
 from .selection import Selection
+from .stats_cache import StatsCache
 from .structure import DependencyGraph, trace
 
 
@@ -55,7 +56,7 @@ def calibration_for(policy: Policy, *, data: DataConfig | None = None, device: s
 
 def apply_policy(model: nn.Module, policy: Policy, *, calibration: CalibrationSet | torch.Tensor | None = None,
                  prune: PruneConfig | None = None, graph: DependencyGraph | None = None, verify: bool = True,
-                 force: bool = False) -> AppliedPolicy:
+                 force: bool = False, cache: StatsCache | None = None) -> AppliedPolicy:
     """Prune ``model`` as ``policy`` says and recover it; returns an :class:`AppliedPolicy` (``.model``).
 
     Arguments:
@@ -68,6 +69,8 @@ def apply_policy(model: nn.Module, policy: Policy, *, calibration: CalibrationSe
         graph: the model's traced structure, if already at hand.
         verify: check that the pruned model's measured MACs and params equal the accounting.
         force: accept a model whose layer shapes differ outside the policy's groups.
+        cache: a :class:`~amc.stats_cache.StatsCache` for the dense model's calibration statistics, so that
+            applying many policies to one model gathers them once (same statistics as without it).
     """
     if isinstance(calibration, torch.Tensor):
         calibration = CalibrationSet(calibration, None, policy.calibration.batch_size)
@@ -76,7 +79,7 @@ def apply_policy(model: nn.Module, policy: Policy, *, calibration: CalibrationSe
         calibration = calibration.to(device)
     graph = graph or trace(model, policy.input_shape, policy.model.get("exclude", ()))
     keep = policy.keep(graph, force=force)
-    engine = PruningEngine(model, graph, prune or policy.prune, calibration)
+    engine = PruningEngine(model, graph, prune or policy.prune, calibration, cache)
     result = engine.prune_keep(keep, policy.kept())
     costs = {}
     if verify:

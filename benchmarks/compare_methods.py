@@ -31,6 +31,7 @@ import argparse
 import json
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,6 +47,7 @@ from amc.data import load_splits, normalization  # noqa: E402
 from amc.evaluation import evaluate  # noqa: E402
 from amc.io import atomic_write_text, open_model  # noqa: E402
 from amc.provenance import provenance  # noqa: E402
+from amc.stats_cache import StatsCache  # noqa: E402
 from amc.training import train  # noqa: E402
 from amc_agents import RunStore  # noqa: E402
 
@@ -60,6 +62,8 @@ class Evaluator:
         self.model, self.spec, _ = open_model(None, checkpoint)
         self.data_dir = data_dir
         self._splits = None
+        self._cache_dir = tempfile.TemporaryDirectory()  # calibration statistics gathered once for the top-k
+        self.cache = StatsCache(self._cache_dir.name)
 
     def data(self, policy: Policy):
         return replace(policy.data, data_dir=self.data_dir)
@@ -74,9 +78,9 @@ class Evaluator:
         part = self.splits(policy)[split]
         return evaluate(model, normalization(self.data(policy))(part.images), part.labels)["top1"]
 
-    def rebuild(self, policy: Policy):
+    def rebuild(self, policy: Policy, cache: StatsCache | None = None):
         """The model the search scored for ``policy`` (its recorded recovery settings and calibration images)."""
-        return apply_policy(self.model, policy, calibration=calibration_for(policy, data=self.data(policy)))
+        return apply_policy(self.model, policy, calibration=calibration_for(policy, data=self.data(policy)), cache=cache)
 
     def apply(self, policy_path: Path, finetune_epochs: int = 0, finetune_out: Path | None = None) -> dict:
         """Test top-1 of the scored model of ``policy_path`` (and after fine-tuning), and its search-split top-1."""
@@ -99,7 +103,7 @@ class Evaluator:
         scored = []
         for path in (run / "top_policies").glob("policy_*.json"):
             policy = Policy.load(path)
-            model = self.rebuild(policy).model
+            model = self.rebuild(policy, self.cache).model
             scored.append((self.top1(model, policy, "holdout_rest"), -int(path.stem.split("_")[1]),
                            self.top1(model, policy)))
         rest, rank, test = max(scored)
