@@ -77,6 +77,9 @@ def test_search_writes_results_and_report(tmp_path, task):
     policy = json.loads((tmp_path / "best_policy.json").read_text())
     assert policy["metrics"]["reward"] == best.reward == episodes.reward.max()
     assert len(list((tmp_path / "top_policies").glob("*.json"))) == 5
+    ranked = episodes.sort_values(["reward", "episode"], ascending=[False, True]).episode.tolist()[:5]
+    assert [json.loads((tmp_path / "top_policies" / f"policy_{k}.json").read_text())["metrics"]["episode"]
+            for k in range(1, 6)] == ranked  # each rank holds its episode although only changed ranks are rewritten
     uniform = store.baselines()["uniform"]
     assert uniform["macs_ratio"] <= 0.5 and (tmp_path / "uniform_policy.json").is_file()
     assert RunStore(tmp_path).config() == cfg  # the resolved config is stored

@@ -129,8 +129,9 @@ class SearchRunner:
         improved = not self.top or result.reward > self.top[0].reward
         self.top = sorted(self.top + [EpisodeRecord(self.episode, result.reward, result)],
                           key=lambda e: (-e.reward, e.episode))[:self.cfg.top_k]
-        if any(e.episode == self.episode for e in self.top):
-            self.store.write_policies([self.policy(r) for r in self.top])
+        entered = next((i for i, e in enumerate(self.top) if e.episode == self.episode), None)
+        if entered is not None:  # only the ranks from the new entry down changed
+            self.store.write_policies([self.policy(r) for r in self.top[entered:]], first_rank=entered + 1)
         best = self.top[0].reward
         self.store.log(f"heartbeat episode {self.episode}/{self.cfg.episodes} reward {result.reward:.4f} best {best:.4f} "
                        f"{self.env.budget.cost_name} {result.cost_ratio.get(self.env.budget.cost_name, float('nan')):.3f} "

@@ -169,10 +169,11 @@ class RunStore:
                 os.fsync(f.fileno())
 
     # ------------------------------------------------------------ policies and baselines
-    def write_policies(self, ranked: Sequence[Policy]) -> None:
-        if ranked:
+    def write_policies(self, ranked: Sequence[Policy], first_rank: int = 1) -> None:
+        """Write the top policies from ``first_rank`` on (``ranked[0]`` has that rank; 1 is also the best policy)."""
+        if ranked and first_rank == 1:
             ranked[0].save(self.folder / "best_policy.json")
-        for rank, policy in enumerate(ranked, 1):
+        for rank, policy in enumerate(ranked, first_rank):
             policy.save(self.folder / "top_policies" / f"policy_{rank}.json")
 
     def best_policy(self) -> Policy:
