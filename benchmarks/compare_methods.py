@@ -62,6 +62,7 @@ class Evaluator:
         self.model, self.spec, _ = open_model(None, checkpoint)
         self.data_dir = data_dir
         self._splits = None
+        self._dense_test_top1: float | None = None
         self._cache_dir = tempfile.TemporaryDirectory()  # calibration statistics gathered once for the top-k
         self.cache = StatsCache(self._cache_dir.name)
 
@@ -78,6 +79,11 @@ class Evaluator:
         part = self.splits(policy)[split]
         return evaluate(model, normalization(self.data(policy))(part.images), part.labels)["top1"]
 
+    def dense_test_top1(self, policy: Policy) -> float:
+        if self._dense_test_top1 is None:
+            self._dense_test_top1 = self.top1(self.model, policy)
+        return self._dense_test_top1
+
     def rebuild(self, policy: Policy, cache: StatsCache | None = None):
         """The model the search scored for ``policy`` (its recorded recovery settings and calibration images)."""
         return apply_policy(self.model, policy, calibration=calibration_for(policy, data=self.data(policy)), cache=cache)
@@ -89,7 +95,7 @@ class Evaluator:
         macs = applied.costs["macs"]
         out = {"macs_ratio_measured": macs[1] / macs[0], "test_top1": self.top1(applied.model, policy),
                "search_top1_rebuilt": self.top1(applied.model, policy, "search"),
-               "dense_test_top1": self.top1(self.model, policy)}
+               "dense_test_top1": self.dense_test_top1(policy)}
         if finetune_epochs > 0:
             cfg = TrainConfig(epochs=finetune_epochs, lr=FINETUNE_LR)
             train(applied.model, self.spec, self.splits(policy)["train"], self.splits(policy)["test"],
