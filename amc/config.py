@@ -198,6 +198,9 @@ class SearchConfig:
     resumes and later searches of the same model and data); None = no cache. workers: processes that score
     policies at once (1 = in this process): random search, warm-up and each ``episode_batch`` of the RL
     agent are scored ahead in parallel, with the same results as one process at the same ``threads``.
+    reselect: after the last episode, score the ``top_k`` policies again on the held-out images the search
+    never scored (the holdout after the search split) and make the best of them there ``best_policy.json``:
+    the search split's best of many noisy scores is optimistic (winner's curse), these images are not.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -213,6 +216,7 @@ class SearchConfig:
     threads: int = 0
     cache_dir: str | None = None
     workers: int = 1
+    reselect: bool = False
 
 
 T = TypeVar("T")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from amc.config import AgentConfig, EnvConfig, SearchConfig
+from amc.config import AgentConfig, DataConfig, EnvConfig, SearchConfig, replace
 from amc.errors import AmcError
 from amc_agents import RunStore, SB3Agent, run_search
 from amc_agents.buffer import EpisodeRewardReplayBuffer
@@ -194,3 +194,59 @@ def test_a_policy_found_with_a_shared_cache_rebuilds_the_scored_model_after_the_
     search = load_splits(data, ("search",), image_size=16)["search"]
     loss = evaluate(rebuilt, normalization(data)(search.images), search.labels)["loss"]
     assert loss == pytest.approx(policy.metrics["loss"], abs=1e-4)
+
+
+def test_reselect_picks_the_top_k_policy_that_scores_best_on_the_held_out_rest(tmp_path):
+    """--reselect: each top-k policy is scored on the holdout images the search never saw (the same model its
+    policy file rebuilds), and the best there becomes best_policy.json; a finished run can be resumed to do it."""
+    import pandas as pd
+
+    from amc import Policy, apply_policy, calibration_for
+    from amc.config import CalibrationConfig, DataConfig, ModelConfig
+    from amc.data import load_splits, normalization
+    from amc.evaluation import evaluate
+    from amc.io import save_model
+    from amc.models import ModelSpec, build_model
+
+    spec = ModelSpec("resnet8", 10, (3, 16, 16))
+    torch.manual_seed(0)
+    model = build_model(spec)
+    save_model(tmp_path / "m.pt", model, spec)
+    data = DataConfig(synthetic_size=(240, 10), holdout=140, search_images=40, image_size=16)
+    cfg = SearchConfig(model=ModelConfig("resnet8", str(tmp_path / "m.pt")), data=data,
+                       calibration=CalibrationConfig(images=60, batch_size=30), agent=AgentConfig(algorithm="random"),
+                       episodes=8, cache_dir=None)
+    run_search(cfg, tmp_path / "plain")
+    searched_best = json.loads((tmp_path / "plain" / "best_policy.json").read_text())["metrics"]
+    best, store = run_search(replace(cfg, reselect=True), tmp_path / "plain", resume=True)  # a finished run
+    assert len(store.episodes()) == 8  # no episode added or scored again
+    table = pd.read_csv(tmp_path / "plain" / "reselection.csv")
+    assert table.search_rank.tolist() == [1, 2, 3, 4, 5] and table.search_reward.is_monotonic_decreasing
+    rest = load_splits(data, ("holdout_rest",), image_size=16)["holdout_rest"]
+    assert len(rest) == 100
+    for _, row in table.iterrows():  # held-out scores are those of the models the policy files rebuild
+        policy = Policy.load(tmp_path / "plain" / "top_policies" / f"policy_{int(row.search_rank)}.json")
+        rebuilt = apply_policy(model, policy, calibration=calibration_for(policy, data=data)).model
+        assert evaluate(rebuilt, normalization(data)(rest.images), rest.labels)["top1"] == pytest.approx(
+            row.holdout_rest_top1, abs=1e-6)
+    winner = table.loc[table.holdout_rest_reward.idxmax()]  # idxmax: the first (best search rank) among ties
+    chosen = json.loads((tmp_path / "plain" / "best_policy.json").read_text())["metrics"]
+    assert chosen["episode"] == winner.episode == best.episode
+    assert chosen["reselected"]["search_rank"] == winner.search_rank and chosen["reselected"]["images"] == 100
+    assert chosen["reselected"]["reward"] == pytest.approx(winner.holdout_rest_reward)
+    assert searched_best["episode"] == table.episode[0] and "reselected" not in searched_best
+    write_report(tmp_path / "plain")
+    assert "re-selected on 100 held-out images" in (tmp_path / "plain" / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"data": DataConfig(synthetic_size=(200, 10), holdout=100, search_images=100, image_size=16)},
+     "needs held-out images outside the search split"),
+    ({"env": EnvConfig(evaluator="json:dumps")}, "does not use"),
+])
+def test_reselect_refuses_a_run_without_held_out_images_to_score_before_starting(tmp_path, change, message):
+    cfg = SearchConfig(data=DataConfig(synthetic_size=(200, 10), holdout=100, search_images=50, image_size=16),
+                       agent=AgentConfig(algorithm="random"), episodes=2, reselect=True)
+    with pytest.raises(AmcError, match=message):
+        run_search(replace(cfg, **change), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -103,6 +103,11 @@ def summary_text(episodes: pd.DataFrame, baselines: dict, best: dict) -> str:
              f"{metrics.get('top1', metrics.get('score', float('nan'))):.4f}"
              + "".join(f", {'MACs' if c == 'macs' else c} ratio {metrics[f'{c}_ratio']:.4f}"
                        for c in ("macs", "params", "latency") if f"{c}_ratio" in metrics) + ")"]
+    if "reselected" in metrics:
+        r = metrics["reselected"]
+        lines.append(f"- re-selected on {r['images']} held-out images outside the search split: search rank "
+                     f"{r['search_rank']} of the top-k, held-out reward {r['reward']:.4f}"
+                     + (f" (top-1 {r['top1']:.4f})" if "top1" in r else "") + "; every candidate in reselection.csv")
     if "uniform" in baselines:
         u = baselines["uniform"]
         lines.append(f"- uniform policy (ratio {u['ratio']:.4f}): reward {u['reward']:.4f}, "

@@ -46,7 +46,7 @@ class EpisodeRecord:
 Progress = Callable[[dict], None]  # called with each episode's row (and the best reward so far)
 
 # settings that may differ when a run is resumed (documented in the README)
-RESUMABLE_CHANGES = ("episodes", "device", "threads", "cache_dir", "workers")
+RESUMABLE_CHANGES = ("episodes", "device", "threads", "cache_dir", "workers", "reselect")
 
 
 class SearchRunner:
@@ -196,7 +196,31 @@ class SearchRunner:
                 self.store.log(f"{self.env.scored_ahead} of {remaining} episodes were scored ahead by the workers")
         self._checkpoint()
         self.store.log(f"done: {self.episode} episodes, best reward {self.top[0].reward:.4f}")
-        return self.top[0]
+        return self.reselect() if self.cfg.reselect else self.top[0]
+
+    def reselect(self) -> EpisodeRecord:
+        """Score the top-k policies on the held-out images after the search split; the best there (ties: the
+        better search rank) becomes ``best_policy.json``, with its held-out scores under ``metrics["reselected"]``.
+        Every candidate's scores go to ``reselection.csv``. Returns the chosen episode."""
+        rest = self.task.on_holdout_rest()
+        env = make_env(rest, self.cfg.env)
+        rows, chosen = [], None
+        for rank, record in enumerate(self.top, 1):
+            result = env.evaluate(record.result.keep, record.result.requested)
+            rows.append({"search_rank": rank, "episode": record.episode, "search_reward": record.reward,
+                         **{f"search_{k}": v for k, v in record.result.metrics.items()},
+                         "holdout_rest_reward": result.reward,
+                         **{f"holdout_rest_{k}": v for k, v in result.metrics.items()}})
+            if chosen is None or result.reward > chosen[2].reward:
+                chosen = (rank, record, result)
+        rank, record, result = chosen
+        policy = self.policy(record)
+        policy.metrics["reselected"] = {"images": len(rest.search_labels), "search_rank": rank,
+                                        "reward": result.reward, **result.metrics}
+        self.store.write_reselection(rows, policy)
+        self.store.log(f"re-selected on {len(rest.search_labels)} held-out images: search rank {rank} (episode "
+                       f"{record.episode}), held-out reward {result.reward:.4f}")
+        return record
 
 
 def run_search(cfg: SearchConfig, folder: str | Path, *, resume: bool = False, progress: Progress | None = None,
@@ -213,6 +237,11 @@ def run_search(cfg: SearchConfig, folder: str | Path, *, resume: bool = False, p
             Path(cfg.cache_dir).expanduser().mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise AmcError(f"cache folder {cfg.cache_dir} cannot be created: {exc.strerror or exc}") from None
+    if cfg.reselect and cfg.env.evaluator:
+        raise AmcError("--reselect scores the held-out images, which a search with --evaluator does not use")
+    if cfg.reselect and cfg.data.search_images >= cfg.data.holdout:
+        raise AmcError(f"--reselect needs held-out images outside the search split, but --search-images "
+                       f"{cfg.data.search_images} uses the whole --holdout {cfg.data.holdout}")
     if cfg.workers > 1 and cfg.device != "cpu":
         raise AmcError(f"--workers {cfg.workers} forks CPU processes, which cannot share {cfg.device}: use --workers 1 "
                        "on a GPU (it scores one policy at a time faster than CPU workers)")
@@ -279,7 +308,7 @@ def _resumed_config(store: RunStore, cfg: SearchConfig) -> SearchConfig:
         raise AmcError(f"--resume with different settings: {'; '.join(changed)} (only {', '.join(RESUMABLE_CHANGES)} "
                        "may change)")
     return dataclasses.replace(stored, episodes=cfg.episodes, device=cfg.device, threads=cfg.threads,
-                               cache_dir=cfg.cache_dir, workers=cfg.workers)
+                               cache_dir=cfg.cache_dir, workers=cfg.workers, reselect=cfg.reselect)
 
 
 def _open_task(cfg: SearchConfig) -> PruningTask:

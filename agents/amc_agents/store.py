@@ -176,6 +176,11 @@ class RunStore:
         for rank, policy in enumerate(ranked, first_rank):
             policy.save(self.folder / "top_policies" / f"policy_{rank}.json")
 
+    def write_reselection(self, rows: Sequence[dict], best: Policy) -> None:
+        """The top-k's scores on the held-out rest (``reselection.csv``) and the policy chosen there."""
+        atomic_write_text(pd.DataFrame(rows).to_csv(index=False), self.folder / "reselection.csv")
+        best.save(self.folder / "best_policy.json")
+
     def best_policy(self) -> Policy:
         return Policy.load(self.folder / "best_policy.json")
 

@@ -114,6 +114,8 @@ FLAGS: tuple[Flag, ...] = (
          "cores / workers)"),
     Flag("--workers", "run", "workers", int, "processes scoring policies at once (default 1): random search, warm-up and "
          "each --episode-batch of the agent; results equal one process's at the same --threads"),
+    Flag("--reselect", "run", "reselect", BOOL, "after the last episode, score the --top-k policies on the held-out "
+         "images outside the search split and make the best there best_policy.json (default off)"),
     Flag("--cache-dir", "run", "cache_dir", str, "cache of calibration statistics, baseline scores and latency "
          "tables shared by searches of the same model and data (default ~/.cache/amc; 'none' turns it off)"),
 )

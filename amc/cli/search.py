@@ -103,5 +103,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"best reward {best.reward:.4f} ({label} {best.result.metrics[score]:.4f}, {cost} "
           f"{best.result.cost_ratio[cost]:.3f}) at episode {best.episode}; uniform policy reward "
           f"{base['reward']:.4f} ({label} {base[score]:.4f})")
+    chosen = store.best_policy().metrics.get("reselected") if cfg.reselect else None
+    if chosen:
+        print(f"re-selected on {chosen['images']} held-out images: search rank {chosen['search_rank']}, held-out "
+              f"reward {chosen['reward']:.4f}" + (f" (top-1 {chosen['top1']:.4f})" if "top1" in chosen else ""))
     print(f"run folder: {out}  best policy: {out / 'best_policy.json'}")
     return 0

@@ -2,6 +2,7 @@
 models and the search split (normalised once, kept in memory on the chosen device)."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
@@ -83,6 +84,21 @@ class PruningTask:
         if self._fold_pairs is None:
             self._fold_pairs = foldable_pairs(self.model)
         return self._fold_pairs
+
+    def on_holdout_rest(self) -> "PruningTask":
+        """This task (same model, engine and costs) scoring the held-out images after the search split
+        (``holdout_rest`` of :func:`amc.data.split_indices`: never scored by a search) instead of the search split."""
+        if self.evaluator is not None or self.data is None:
+            raise AmcError("re-selection scores the held-out images: it needs the search split's data, not an evaluator")
+        rest = load_splits(self.data, ("holdout_rest",), num_classes=self.spec.num_classes,
+                           image_size=self.spec.input_shape[-1])["holdout_rest"]
+        if not len(rest):
+            raise AmcError(f"no held-out images outside the search split ({self.data.search_images} of a "
+                           f"{self.data.holdout}-image holdout): raise --holdout or lower --search-images")
+        images = normalization(self.data)(rest.images).to(self.device)
+        if self.prune_config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return dataclasses.replace(self, search_images=images, search_labels=rest.labels.to(self.device))
 
     def evaluate(self, keep: Keep) -> tuple[dict[str, float], PruneResult]:
         """Prune to ``keep``, check the pruned model's costs against the accounting, score it.
