@@ -133,7 +133,9 @@ def episodes_to_beat(episodes: pd.DataFrame, uniform_top1: float, margin: float 
     return float(episodes.episode[hit[0]]) if len(hit) else float("nan")
 
 
-def run_rows(folder: Path, evaluator: Evaluator, reselect: bool = False) -> list[dict]:
+def run_rows(folder: Path, evaluator: Evaluator, reselect: bool = False, previous: pd.DataFrame | None = None) -> list[dict]:
+    """One row per finished run; ``previous`` rows (an earlier ``runs.csv``) are reused for runs they already
+    cover (same method, seed, episode count and best search reward; with ``reselect``, re-selected too)."""
     rows = []
     for run in sorted(folder.glob("*-seed*")):
         if not (run / "best_policy.json").is_file():
@@ -141,8 +143,16 @@ def run_rows(folder: Path, evaluator: Evaluator, reselect: bool = False) -> list
         method, seed = re.fullmatch(r"(\w+)-seed(\d+)", run.name).groups()
         store = RunStore(run)
         episodes = store.episodes()
+        if len(episodes) < store.config().episodes:  # still running, or stopped early
+            continue
         best = episodes.loc[episodes.reward.idxmax()]
         uniform = store.baselines()["uniform"]
+        if previous is not None:
+            same = previous[(previous.method == method) & (previous.seed == int(seed))
+                            & (previous.episodes == len(episodes)) & (previous.search_reward == float(best.reward))]
+            if len(same) and (not reselect or same.get("test_top1_reselected", pd.Series(dtype=float)).notna().all()):
+                rows.append(same.iloc[0].dropna().to_dict())
+                continue
         rows.append({"method": method, "seed": int(seed), "episodes": len(episodes),
                      "episodes_to_beat_uniform_by_2pts": episodes_to_beat(episodes, uniform["top1"]),
                      "search_reward": float(best.reward), "search_top1": float(best.top1),
@@ -249,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--results", default=str(ROOT / "results" / "benchmarks"),
                    help="folder holding NAME and search-quality.json (default results/benchmarks)")
+    p.add_argument("--update", action="store_true",
+                   help="reuse the rows of an existing runs.csv for the runs it already covers (fine-tunes are redone)")
     p.add_argument("--reselect", action="store_true",
                    help="also re-score every run's top-k policies on the held-out images the search never scored")
     p.add_argument("--finetune-epochs", type=int, default=0)
@@ -258,7 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(args.results) / args.name
     started = time.time()
     evaluator = Evaluator(args.checkpoint, args.data_dir)
-    runs = pd.DataFrame(run_rows(folder, evaluator, args.reselect))
+    previous = None
+    if args.update and (folder / "runs.csv").is_file():
+        previous = pd.read_csv(folder / "runs.csv")
+        previous = previous[~previous.method.isin(["uniform", "dense"])]
+        previous = previous.drop(columns=[c for c in previous if "finetuned" in c])
+    runs = pd.DataFrame(run_rows(folder, evaluator, args.reselect, previous))
     runs["rebuilt_gap"] = (runs.search_top1_rebuilt - runs.search_top1).abs()
     if runs.empty:
         raise SystemExit(f"no finished runs in {folder}")

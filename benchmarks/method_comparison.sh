@@ -2,7 +2,8 @@
 # Method comparison searches: DDPG and random search with the same number of evaluated episodes, per seed,
 # at a FLOPs target (the uniform policy is evaluated inside every run, see baselines.json).
 # Interrupted runs are resumed; finished ones are skipped. AGENTS="ddpg" limits the agents (e.g. two jobs side by side;
-# any of ddpg td3 sac random tpe). RULE=scale|clamp adds --budget-rule and names the folders AGENT_RULE-seedN.
+# any of ddpg td3 sac random tpe). RULE=scale|clamp adds --budget-rule and names the folders AGENT_RULE-seedN;
+# TAG=name (for runs with other extra flags) names them AGENT_RULE_TAG-seedN.
 # Summarise with benchmarks/compare_methods.py.
 #
 #   benchmarks/method_comparison.sh NAME MODEL CHECKPOINT DATA_DIR EPISODES WARMUP "SEEDS" [extra amc search flags]
@@ -13,7 +14,7 @@ shift 7
 amc=${AMC:-.venv/bin/amc}
 for seed in $seeds; do
   for agent in ${AGENTS:-ddpg random}; do
-    out=results/benchmarks/$name/$agent${RULE:+_$RULE}-seed$seed
+    out=results/benchmarks/$name/$agent${RULE:+_$RULE}${TAG:+_$TAG}-seed$seed
     if [ -f "$out/summary.md" ]; then
       echo "done already: $out"
     elif [ -f "$out/checkpoint.pt" ]; then

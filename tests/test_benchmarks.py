@@ -113,4 +113,12 @@ def test_compare_methods_checks_rebuilds_and_reselects_on_the_rest_of_the_holdou
         assert r.reselect_top1 == pytest.approx(max(scores))
         assert r.reselected_rank == scores.index(max(scores)) + 1  # ties go to the better search rank
     assert "top-k re-selected" in (tmp_path / "res" / "tiny" / "table.md").read_text()
+    # --update reuses the rows of runs.csv for the runs it covers instead of rebuilding their models
+    rows = pd.read_csv(tmp_path / "res" / "tiny" / "runs.csv")
+    rows.loc[rows.method == "random", "test_top1"] = 0.123  # a marker a rebuild would overwrite
+    rows.to_csv(tmp_path / "res" / "tiny" / "runs.csv", index=False)
+    assert compare_methods.main(["tiny", "--checkpoint", str(tmp_path / "m.pt"), "--data-dir", "",
+                                 "--results", str(tmp_path / "res"), "--reselect", "--update"]) == 0
+    again = pd.read_csv(tmp_path / "res" / "tiny" / "runs.csv")
+    assert (again[again.method == "random"].test_top1 == 0.123).all() and len(again) == len(rows)
     assert "tiny" in json.loads((tmp_path / "res" / "search-quality.json").read_text())
