@@ -169,31 +169,45 @@ def test_a_second_search_of_the_same_model_and_data_reuses_the_cached_baseline(t
     assert not (tmp_path / "d").exists()
 
 
-def test_a_policy_found_with_a_shared_cache_rebuilds_the_scored_model_after_the_batch_size_changed(tmp_path):
-    """A cache filled by a search with other calibration batches must not serve its statistics: the best
-    policy of the second search, applied without any cache, scores exactly what the search recorded."""
-    from amc import Policy, apply_policy, calibration_for
-    from amc.config import CalibrationConfig, DataConfig, ModelConfig
-    from amc.data import load_splits, normalization
-    from amc.evaluation import evaluate
+def saved_resnet8(path: Path):
+    """A seeded random ResNet-8 for 16-px images, saved as a checkpoint at ``path``."""
     from amc.io import save_model
     from amc.models import ModelSpec, build_model
 
     spec = ModelSpec("resnet8", 10, (3, 16, 16))
     torch.manual_seed(0)
     model = build_model(spec)
-    save_model(tmp_path / "m.pt", model, spec)
+    save_model(path, model, spec)
+    return model
+
+
+def rebuilt_metrics(model, policy_path: Path, data, split: str) -> dict:
+    """Metrics on ``split`` of the model that ``amc.apply_policy`` rebuilds from ``policy_path`` (no cache)."""
+    from amc import Policy, apply_policy, calibration_for
+    from amc.data import load_splits, normalization
+    from amc.evaluation import evaluate
+
+    policy = Policy.load(policy_path)
+    rebuilt = apply_policy(model, policy, calibration=calibration_for(policy, data=data)).model
+    part = load_splits(data, (split,), image_size=16)[split]
+    return evaluate(rebuilt, normalization(data)(part.images), part.labels)
+
+
+def test_a_policy_found_with_a_shared_cache_rebuilds_the_scored_model_after_the_batch_size_changed(tmp_path):
+    """A cache filled by a search with other calibration batches must not serve its statistics: the best
+    policy of the second search, applied without any cache, scores exactly what the search recorded."""
+    from amc import Policy
+    from amc.config import CalibrationConfig, ModelConfig
+
+    model = saved_resnet8(tmp_path / "m.pt")
     data = DataConfig(synthetic_size=(200, 10), holdout=100, search_images=100, image_size=16)
     cfg = SearchConfig(model=ModelConfig("resnet8", str(tmp_path / "m.pt")), data=data,
                        calibration=CalibrationConfig(images=100, batch_size=50), agent=AgentConfig(algorithm="random"),
                        episodes=3, cache_dir=str(tmp_path / "cache"))
     run_search(cfg, tmp_path / "a")
     run_search(SearchConfig(**{**cfg.__dict__, "calibration": CalibrationConfig(images=100, batch_size=20)}), tmp_path / "b")
-    policy = Policy.load(tmp_path / "b" / "best_policy.json")
-    rebuilt = apply_policy(model, policy, calibration=calibration_for(policy, data=data)).model
-    search = load_splits(data, ("search",), image_size=16)["search"]
-    loss = evaluate(rebuilt, normalization(data)(search.images), search.labels)["loss"]
-    assert loss == pytest.approx(policy.metrics["loss"], abs=1e-4)
+    loss = rebuilt_metrics(model, tmp_path / "b" / "best_policy.json", data, "search")["loss"]
+    assert loss == pytest.approx(Policy.load(tmp_path / "b" / "best_policy.json").metrics["loss"], abs=1e-4)
 
 
 def test_reselect_picks_the_top_k_policy_that_scores_best_on_the_held_out_rest(tmp_path):
@@ -201,17 +215,9 @@ def test_reselect_picks_the_top_k_policy_that_scores_best_on_the_held_out_rest(t
     policy file rebuilds), and the best there becomes best_policy.json; a finished run can be resumed to do it."""
     import pandas as pd
 
-    from amc import Policy, apply_policy, calibration_for
-    from amc.config import CalibrationConfig, DataConfig, ModelConfig
-    from amc.data import load_splits, normalization
-    from amc.evaluation import evaluate
-    from amc.io import save_model
-    from amc.models import ModelSpec, build_model
+    from amc.config import CalibrationConfig, ModelConfig
 
-    spec = ModelSpec("resnet8", 10, (3, 16, 16))
-    torch.manual_seed(0)
-    model = build_model(spec)
-    save_model(tmp_path / "m.pt", model, spec)
+    model = saved_resnet8(tmp_path / "m.pt")
     data = DataConfig(synthetic_size=(240, 10), holdout=140, search_images=40, image_size=16)
     cfg = SearchConfig(model=ModelConfig("resnet8", str(tmp_path / "m.pt")), data=data,
                        calibration=CalibrationConfig(images=60, batch_size=30), agent=AgentConfig(algorithm="random"),
@@ -222,13 +228,9 @@ def test_reselect_picks_the_top_k_policy_that_scores_best_on_the_held_out_rest(t
     assert len(store.episodes()) == 8  # no episode added or scored again
     table = pd.read_csv(tmp_path / "plain" / "reselection.csv")
     assert table.search_rank.tolist() == [1, 2, 3, 4, 5] and table.search_reward.is_monotonic_decreasing
-    rest = load_splits(data, ("holdout_rest",), image_size=16)["holdout_rest"]
-    assert len(rest) == 100
     for _, row in table.iterrows():  # held-out scores are those of the models the policy files rebuild
-        policy = Policy.load(tmp_path / "plain" / "top_policies" / f"policy_{int(row.search_rank)}.json")
-        rebuilt = apply_policy(model, policy, calibration=calibration_for(policy, data=data)).model
-        assert evaluate(rebuilt, normalization(data)(rest.images), rest.labels)["top1"] == pytest.approx(
-            row.holdout_rest_top1, abs=1e-6)
+        path = tmp_path / "plain" / "top_policies" / f"policy_{int(row.search_rank)}.json"
+        assert rebuilt_metrics(model, path, data, "holdout_rest")["top1"] == pytest.approx(row.holdout_rest_top1, abs=1e-6)
     winner = table.loc[table.holdout_rest_reward.idxmax()]  # idxmax: the first (best search rank) among ties
     chosen = json.loads((tmp_path / "plain" / "best_policy.json").read_text())["metrics"]
     assert chosen["episode"] == winner.episode == best.episode
