@@ -94,7 +94,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--buffer-per-group", "agent", "buffer_per_group", int, "replay capacity in episodes (default 100)"),
     Flag("--warmup-episodes", "agent", "warmup_episodes", int, "random episodes before the agent learns (default 100)"),
     Flag("--sigma", "agent", "sigma", float, "exploration std in preserve-ratio units after warm-up (default 0.5)"),
-    Flag("--sigma-decay", "agent", "sigma_decay", float, "exploration decay per episode (default 0.95)"),
+    Flag("--sigma-decay", "agent", "sigma_decay", float, "exploration decay per episode after warm-up (default 0.99; AMC's is 0.95)"),
     Flag("--baseline-momentum", "agent", "baseline_momentum", float, "reward baseline update rate (default 0.5)"),
     Flag("--episode-batch", "agent", "episode_batch", int, "episodes the agent plays before training on them "
          "(default 1, as AMC); scored in parallel with --workers"),
