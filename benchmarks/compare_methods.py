@@ -33,6 +33,7 @@ import re
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import matplotlib
@@ -41,7 +42,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from amc import Policy, apply_policy, calibration_for  # noqa: E402
+from amc import Policy, apply_policy  # noqa: E402
+from amc.calibration import CalibrationSet  # noqa: E402
 from amc.config import TrainConfig, replace  # noqa: E402
 from amc.data import load_splits, normalization  # noqa: E402
 from amc.evaluation import evaluate  # noqa: E402
@@ -63,6 +65,8 @@ class Evaluator:
         self.data_dir = data_dir
         self._splits = None
         self._dense_test_top1: float | None = None
+        self._normalized: dict[str, tuple] = {}
+        self._calibration: dict[str, CalibrationSet] = {}
         self._cache_dir = tempfile.TemporaryDirectory()  # calibration statistics gathered once for the top-k
         self.cache = StatsCache(self._cache_dir.name)
 
@@ -75,9 +79,15 @@ class Evaluator:
                                        num_classes=self.spec.num_classes)
         return self._splits
 
+    def normalized(self, policy: Policy, split: str):
+        """(images, labels) of ``split``, normalised once per split (every policy of a folder shares its data)."""
+        if split not in self._normalized:
+            part = self.splits(policy)[split]
+            self._normalized[split] = (normalization(self.data(policy))(part.images), part.labels)
+        return self._normalized[split]
+
     def top1(self, model, policy: Policy, split: str = "test") -> float:
-        part = self.splits(policy)[split]
-        return evaluate(model, normalization(self.data(policy))(part.images), part.labels)["top1"]
+        return evaluate(model, *self.normalized(policy, split))["top1"]
 
     def dense_test_top1(self, policy: Policy) -> float:
         if self._dense_test_top1 is None:
@@ -86,7 +96,11 @@ class Evaluator:
 
     def rebuild(self, policy: Policy, cache: StatsCache | None = None):
         """The model the search scored for ``policy`` (its recorded recovery settings and calibration images)."""
-        return apply_policy(self.model, policy, calibration=calibration_for(policy, data=self.data(policy)), cache=cache)
+        key = json.dumps(asdict(policy.calibration), sort_keys=True)
+        if key not in self._calibration:  # calibration_for's draw, from the training split loaded once
+            self._calibration[key] = CalibrationSet.draw(self.splits(policy)["train"], normalization(self.data(policy)),
+                                                         policy.calibration)
+        return apply_policy(self.model, policy, calibration=self._calibration[key], cache=cache)
 
     def apply(self, policy_path: Path, finetune_epochs: int = 0, finetune_out: Path | None = None) -> dict:
         """Test top-1 of the scored model of ``policy_path`` (and after fine-tuning), and its search-split top-1."""
