@@ -46,6 +46,7 @@ from amc import Policy, apply_policy  # noqa: E402
 from amc.calibration import CalibrationSet  # noqa: E402
 from amc.config import TrainConfig, replace  # noqa: E402
 from amc.data import load_splits, normalization  # noqa: E402
+from amc.errors import AmcError  # noqa: E402
 from amc.evaluation import evaluate  # noqa: E402
 from amc.io import atomic_write_text, open_model  # noqa: E402
 from amc.provenance import provenance  # noqa: E402
@@ -283,16 +284,21 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     folder = Path(args.results) / args.name
     started = time.time()
-    evaluator = Evaluator(args.checkpoint, args.data_dir)
+    if not folder.is_dir():
+        raise SystemExit(f"compare_methods: no folder {folder}")
+    try:
+        evaluator = Evaluator(args.checkpoint, args.data_dir)
+    except AmcError as exc:
+        raise SystemExit(f"compare_methods: {exc}") from None
     previous = None
     if args.update and (folder / "runs.csv").is_file():
         previous = pd.read_csv(folder / "runs.csv")
         previous = previous[~previous.method.isin(["uniform", "dense"])]
         previous = previous.drop(columns=[c for c in previous if "finetuned" in c])
     runs = pd.DataFrame(run_rows(folder, evaluator, args.reselect, previous))
-    runs["rebuilt_gap"] = (runs.search_top1_rebuilt - runs.search_top1).abs()
     if runs.empty:
         raise SystemExit(f"no finished runs in {folder}")
+    runs["rebuilt_gap"] = (runs.search_top1_rebuilt - runs.search_top1).abs()
     first = sorted(folder.glob("*-seed*/uniform_policy.json"))[0]  # the same uniform policy and model in every run
     uniform = {"method": "uniform", "seed": -1, "episodes": 1, "search_reward": runs.uniform_search_reward.mean(),
                **evaluator.apply(first)}
