@@ -166,7 +166,7 @@ def run_rows(folder: Path, evaluator: Evaluator, reselect: bool = False, previou
             same = previous[(previous.method == method) & (previous.seed == int(seed))
                             & (previous.episodes == len(episodes)) & (previous.search_reward == float(best.reward))]
             if len(same) and (not reselect or same.get("test_top1_reselected", pd.Series(dtype=float)).notna().all()):
-                rows.append(same.iloc[0].dropna().to_dict())
+                rows.append(same.iloc[0].to_dict())
                 continue
         rows.append({"method": method, "seed": int(seed), "episodes": len(episodes),
                      "episodes_to_beat_uniform_by_2pts": episodes_to_beat(episodes, uniform["top1"]),

@@ -90,6 +90,9 @@ def test_compare_methods_checks_rebuilds_and_reselects_on_the_rest_of_the_holdou
     import compare_methods
 
     spec = ModelSpec("resnet8", 10, (3, 16, 16))
+    import torch
+
+    torch.manual_seed(0)
     torch_model = build_model(spec)
     save_model(tmp_path / "m.pt", torch_model, spec)
     data = DataConfig(synthetic_size=(240, 30), holdout=120, search_images=60, image_size=16)
