@@ -30,6 +30,8 @@ class ModelConfig:
     imports and runs that user code). checkpoint: weights file. num_classes: classifier outputs
     (None: from the checkpoint, else 10). input_shape: one example's (C, H, W) (None: the
     model's default). exclude: glob patterns of layers whose channel groups stay unpruned.
+    arguments: the architecture's constructor keyword arguments as ``KEY=VALUE`` strings (VALUE a
+    Python literal, else a string), e.g. ``("width=0.5",)``; an amc checkpoint records its own.
     """
 
     name: str | None = None
@@ -37,6 +39,7 @@ class ModelConfig:
     num_classes: int | None = None
     input_shape: tuple[int, ...] | None = None
     exclude: tuple[str, ...] = ()
+    arguments: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

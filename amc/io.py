@@ -151,20 +151,24 @@ def resize_to_manifest(model: nn.Module, manifest: Mapping[str, Mapping[str, Any
 
 
 def open_model(name: str | None, checkpoint: str | Path | None = None, num_classes: int | None = None,
-               input_shape: tuple[int, ...] | None = None) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
+               input_shape: tuple[int, ...] | None = None, kwargs: dict | None = None,
+               ) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
     """Build a model and load its weights; returns (model in eval mode, spec, checkpoint extras).
 
     ``checkpoint`` may be an amc checkpoint (it records its own spec and, when pruned, the channel
     shapes, so ``name`` may be omitted) or any state_dict-style file for the architecture ``name``.
+    ``kwargs``: the architecture's constructor arguments (an amc checkpoint records its own).
     """
     ckpt = read_checkpoint(checkpoint) if checkpoint else {}
     if "model_spec" in ckpt:
         spec = ModelSpec.from_dict(ckpt["model_spec"])
         if name and name != spec.name:
             raise AmcError(f"checkpoint {checkpoint} holds a '{spec.name}' model, not '{name}'")
+        if kwargs and kwargs != spec.kwargs:
+            raise AmcError(f"checkpoint {checkpoint} records the model arguments {spec.kwargs}, not {kwargs}")
     elif name:
         classes = num_classes or _classes_in(ckpt.get("state_dict", {})) or default_num_classes(name)
-        spec = ModelSpec(name, classes, tuple(input_shape or default_input_shape(name)))
+        spec = ModelSpec(name, classes, tuple(input_shape or default_input_shape(name)), dict(kwargs or {}))
     else:
         raise AmcError("give a model name (e.g. resnet20) or an amc checkpoint that records one")
     model = build_model(spec)

@@ -40,7 +40,7 @@ def _value(flag):
         return [flag.name, choice], choice
     if flag.nargs is not None:
         values = {"--input-shape": [3, 24, 24], "--mean": [0.1, 0.2, 0.3], "--std": [0.3, 0.2, 0.1],
-                  "--exclude": ["layer1.*"], "--hidden": [17, 19]}[flag.name]
+                  "--exclude": ["layer1.*"], "--hidden": [17, 19], "--model-arg": ["width=0.5"]}[flag.name]
         return [flag.name, *map(str, values)], tuple(values)
     value = {int: 7, float: 0.37, str: "somewhere"}[flag.type]
     return [flag.name, str(value)], value
@@ -101,6 +101,7 @@ def test_errors_are_one_line(tmp_path):
              ["evaluate", "resnet20", "--checkpoint", tmp_path / "empty.pt"],
              ["evaluate", "resnet20", "--dataset", "cifar10", "--data-dir", tmp_path / "nodata"],
              ["inspect", "resnet20", "--exclude", "layr1.*"],
+             ["inspect", "mobilenet_v2", "--model-arg", "widht=0.5"], ["inspect", "mobilenet_v2", "--model-arg", "width"],
              ["uniform", "resnet20", "--target", "0.01", "--out", tmp_path / "p.json"],
              ["uniform", "resnet20", "--target", "nan", "--out", tmp_path / "p.json"],
              ["search", "--resume", tmp_path],

@@ -54,6 +54,40 @@ def test_user_factory_and_checkpoint_roundtrip(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_model_arguments_are_literals_or_strings():
+    from amc.models import model_arguments
+
+    assert model_arguments(["width=0.5", "stem=cifar", "residual=False", "shape=(1, 2)"]) == {
+        "width": 0.5, "stem": "cifar", "residual": False, "shape": (1, 2)}
+    for bad, message in ((["width"], "must look like KEY=VALUE"), (["=3"], "must look like KEY=VALUE"),
+                         (["width=0.5", "width=1"], "given twice")):
+        with pytest.raises(AmcError, match=message):
+            model_arguments(bad)
+
+
+def test_model_arguments_build_the_model_and_are_checked_against_a_checkpoint(tmp_path):
+    """Arguments reach the constructor (half the channels), a plain state_dict file loads with them, and an amc
+    checkpoint that recorded other arguments is refused instead of loading into the wrong architecture."""
+    from amc.cli.common import fresh_spec
+    from amc.config import ModelConfig
+
+    spec = fresh_spec(ModelConfig("mobilenet_v2", arguments=("width=0.5",)), DataConfig())
+    assert spec.kwargs == {"width": 0.5}
+    half, full = build_model(spec), build_model(ModelSpec("mobilenet_v2"))
+    assert half.features[0][0].out_channels * 2 == full.features[0][0].out_channels == 32
+    torch.save(half.state_dict(), tmp_path / "plain.pt")
+    loaded, loaded_spec, _ = open_model("mobilenet_v2", tmp_path / "plain.pt", kwargs={"width": 0.5})
+    assert loaded_spec == spec and torch.equal(loaded.features[0][0].weight, half.features[0][0].weight)
+    with pytest.raises(AmcError, match="shape mismatch: features.0.0.weight"):
+        open_model("mobilenet_v2", tmp_path / "plain.pt")
+    save_model(tmp_path / "amc.pt", half, spec)
+    assert open_model(None, tmp_path / "amc.pt")[1].kwargs == {"width": 0.5}
+    with pytest.raises(AmcError, match="records the model arguments"):
+        open_model(None, tmp_path / "amc.pt", kwargs={"width": 1.0})
+    with pytest.raises(AmcError, match="does not take the arguments"):
+        build_model(ModelSpec("mobilenet_v2", kwargs={"widht": 0.5}))
+
+
 def test_checkpoint_with_module_prefix_and_mismatch(tmp_path):
     model = build_model(ModelSpec("resnet8"))
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "a.th")

@@ -34,6 +34,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--num-classes", "model", "num_classes", int, "classifier outputs (default: from the checkpoint, else 10)"),
     Flag("--input-shape", "model", "input_shape", int, "one input's shape C H W (default: the model's)", nargs=3),
     Flag("--exclude", "model", "exclude", str, "glob patterns of layers whose channel groups stay unpruned", nargs="*"),
+    Flag("--model-arg", "model", "arguments", str, "constructor arguments of the architecture, KEY=VALUE ... (e.g. "
+         "width=0.5 for the MobileNets; a checkpoint made by amc records its own)", nargs="+"),
     # data
     Flag("--dataset", "data", "dataset", str, "dataset kind (folder: DATA_DIR/train/<class>/*.png and DATA_DIR/test/...; "
          "digits: the handwritten digits shipped in the package)", choices=DATASETS),

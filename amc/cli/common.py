@@ -14,7 +14,7 @@ from ..errors import AmcError
 from ..data import ImageSet, load_splits, normalization
 from ..io import atomic_write_text, open_model
 from ..memory import keep_freed_memory
-from ..models import ModelSpec, build_model, default_input_shape
+from ..models import ModelSpec, build_model, default_input_shape, model_arguments
 from .args import FLAGS, add_flags, add_model_arg, dest, section
 
 TRAINING_RUN_FLAGS = ("--seed", "--device", "--threads")  # the search's other run flags do not apply to trainings
@@ -29,7 +29,7 @@ def open_from_args(args: argparse.Namespace, model: ModelConfig | None = None):
     """(model, spec, extras) for the model flags (or ``model``)."""
     model = validate(model or section(args, "model"), "model")
     classes = model.num_classes or (100 if getattr(args, "dataset", None) == "cifar100" else None)
-    return open_model(model.name, model.checkpoint, classes, model.input_shape)
+    return open_model(model.name, model.checkpoint, classes, model.input_shape, model_arguments(model.arguments))
 
 
 def checkpoint_or_fresh(args: argparse.Namespace, model_cfg: ModelConfig, data_cfg: DataConfig):
@@ -38,9 +38,15 @@ def checkpoint_or_fresh(args: argparse.Namespace, model_cfg: ModelConfig, data_c
         return open_from_args(args, model_cfg)
     if not model_cfg.name:
         raise AmcError("give a model name (random initialisation seeded with --seed) or --checkpoint")
-    classes = model_cfg.num_classes or (100 if data_cfg.dataset == "cifar100" else 10)
-    spec = ModelSpec(model_cfg.name, classes, tuple(model_cfg.input_shape or default_input_shape(model_cfg.name)))
+    spec = fresh_spec(model_cfg, data_cfg)
     return build_model(spec), spec, {}
+
+
+def fresh_spec(model_cfg: ModelConfig, data_cfg: DataConfig) -> ModelSpec:
+    """The spec of a model built from its name (no checkpoint): 100 classes for CIFAR-100, else 10 unless given."""
+    classes = model_cfg.num_classes or (100 if data_cfg.dataset == "cifar100" else 10)
+    return ModelSpec(model_cfg.name, classes, tuple(model_cfg.input_shape or default_input_shape(model_cfg.name)),
+                     model_arguments(model_cfg.arguments))
 
 
 def add_training_run_flags(p: argparse.ArgumentParser) -> None:

@@ -12,10 +12,10 @@ import yaml
 from ..config import DataConfig, ModelConfig, TrainConfig, from_dict, replace, to_dict, validate
 from ..errors import AmcError
 from ..io import atomic_write_text
-from ..models import ModelSpec, build_model, default_input_shape
+from ..models import build_model
 from ..training import train
 from .args import add_flags, add_model_arg, section
-from .common import check_device, check_output, open_from_args, splits_for
+from .common import check_device, check_output, fresh_spec, open_from_args, splits_for
 
 
 def add_parser(sub) -> None:
@@ -51,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not model_cfg.name:
             raise AmcError("give a model name to train from scratch, or --checkpoint to fine-tune")
-        classes = model_cfg.num_classes or (100 if data_cfg.dataset == "cifar100" else 10)
-        spec = ModelSpec(model_cfg.name, classes, tuple(model_cfg.input_shape or default_input_shape(model_cfg.name)))
+        spec = fresh_spec(model_cfg, data_cfg)
         model = build_model(spec)
     data = splits_for(data_cfg, spec, ("train", "test"))
     if not args.resume:

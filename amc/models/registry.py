@@ -5,6 +5,7 @@ the registry name (or factory path), the number of classes and the input shape (
 """
 from __future__ import annotations
 
+import ast
 import fnmatch
 import importlib
 import inspect
@@ -12,7 +13,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Callable
+from typing import Callable, Sequence
 
 from torch import nn
 
@@ -49,6 +50,25 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
         return cls(d["name"], int(d.get("num_classes", 10)), tuple(d.get("input_shape", (3, 32, 32))), dict(d.get("kwargs", {})))
+
+
+def model_arguments(items: Sequence[str]) -> dict:
+    """Constructor keyword arguments from ``KEY=VALUE`` strings (``width=0.5`` -> ``{"width": 0.5}``).
+
+    VALUE is read as a Python literal (number, bool, None, tuple, quoted string) and kept as a string otherwise."""
+    kwargs = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise AmcError(f"model argument '{item}' must look like KEY=VALUE (e.g. width=0.5)")
+        if key in kwargs:
+            raise AmcError(f"model argument '{key}' given twice")
+        try:
+            kwargs[key] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            kwargs[key] = text.strip()
+    return kwargs
 
 
 def available_models() -> list[str]:
@@ -97,7 +117,10 @@ def build_model(spec: ModelSpec) -> nn.Module:
     """A freshly initialised model of the given spec (random weights)."""
     name = spec.name
     if name in BUILTIN:
-        return BUILTIN[name][0](num_classes=spec.num_classes, **spec.kwargs)
+        try:
+            return BUILTIN[name][0](num_classes=spec.num_classes, **spec.kwargs)
+        except TypeError as exc:
+            raise AmcError(f"model '{name}' does not take the arguments {spec.kwargs}: {exc}") from None
     if name.startswith("torchvision:"):
         try:
             import torchvision.models as tvm  # noqa: PLC0415  (optional dependency)

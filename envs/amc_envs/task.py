@@ -17,7 +17,7 @@ from amc.errors import AmcError
 from amc.data import ImageSet, load_splits, normalization
 from amc.evaluation import MIB, custom_score, eval_batch_size, evaluate, fold_batchnorm, fold_pairs, foldable_pairs
 from amc.io import open_model
-from amc.models import ModelSpec, build_model
+from amc.models import ModelSpec, build_model, model_arguments
 from amc.prune import PruneResult, PruningEngine
 from amc.selection import Selection
 from amc.stats_cache import StatsCache
@@ -186,5 +186,6 @@ def open_task(model: ModelConfig, data: DataConfig, calibration: CalibrationConf
               prune: PruneConfig = PruneConfig(), device: str = "cpu", cache: StatsCache | None = None,
               evaluator: Callable[[nn.Module], float] | None = None) -> PruningTask:
     """Open the model of ``model`` (name/checkpoint) and build its :class:`PruningTask`."""
-    net, spec, _ = open_model(model.name, model.checkpoint, model.num_classes, model.input_shape)
+    net, spec, _ = open_model(model.name, model.checkpoint, model.num_classes, model.input_shape,
+                                model_arguments(model.arguments))
     return make_task(net, spec, data, calibration, prune, model.exclude, device, cache, evaluator)
