@@ -51,19 +51,22 @@ class StatsCache:
 
     ``FORMAT`` is part of every key: it changes whenever what a key must cover changes, so entries written
     by an older amc are never served (2: the calibration batch size joined the statistics' key, because
-    the positions sampled for the Gram matrices follow the batch order).
+    the positions sampled for the Gram matrices follow the batch order; 3: the device type joined both keys,
+    because CPU and CUDA kernels round differently, so statistics gathered on one are not the ones a run on
+    the other would compute).
     """
 
-    FORMAT = 2
+    FORMAT = 3
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder).expanduser()
 
     def stats_key(self, model: nn.Module, calibration: CalibrationSet, settings: dict) -> str:
-        """Key of the statistics of ``model`` on ``calibration`` (its images, labels and batch size) gathered
-        with ``settings`` (needs, sampling, seed)."""
+        """Key of the statistics of ``model`` on ``calibration`` (its images, labels, batch size and device type)
+        gathered with ``settings`` (needs, sampling, seed)."""
         labels = calibration.labels if calibration.labels is not None else torch.zeros(0)
-        return "stats-" + digest(self.FORMAT, model, calibration.images, labels, calibration.batch_size, settings)
+        return "stats-" + digest(self.FORMAT, model, calibration.images, labels, calibration.batch_size,
+                                 calibration.images.device.type, settings)
 
     def load_stats(self, key: str) -> CalibrationStats | None:
         path = self.folder / f"{key}.pt"

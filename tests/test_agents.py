@@ -239,6 +239,9 @@ def test_reselect_picks_the_top_k_policy_that_scores_best_on_the_held_out_rest(t
     assert searched_best["episode"] == table.episode[0] and "reselected" not in searched_best
     write_report(tmp_path / "plain")
     assert "re-selected on 100 held-out images" in (tmp_path / "plain" / "summary.md").read_text()
+    run_search(cfg, tmp_path / "plain", resume=True)  # --no-reselect: back to the search's best, no stale table
+    assert json.loads((tmp_path / "plain" / "best_policy.json").read_text())["metrics"] == searched_best
+    assert not (tmp_path / "plain" / "reselection.csv").exists()
 
 
 @pytest.mark.parametrize("change, message", [

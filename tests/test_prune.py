@@ -263,3 +263,13 @@ def test_stats_cache_serves_equal_statistics_without_recomputing_and_never_stale
         f.write_bytes(b"torn")
     again = PruningEngine(model, graph, PruneConfig(), calib, cache).stats
     assert len(calls) == 6 and all(torch.equal(first.gram[k], again.gram[k]) for k in first.gram)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_stats_cache_key_tells_devices_apart(tmp_path):
+    """CPU and CUDA statistics differ by rounding: one device's entry is never served to the other."""
+    from amc.stats_cache import StatsCache
+
+    model, calib = build_model(ModelSpec("resnet8")), CalibrationSet(torch.randn(8, 3, 32, 32), batch_size=4)
+    cache = StatsCache(tmp_path)
+    assert cache.stats_key(model, calib, {}) != cache.stats_key(model, calib.to("cuda"), {})

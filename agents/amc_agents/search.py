@@ -146,7 +146,8 @@ class SearchRunner:
             return
         # a user's evaluator is code amc cannot fingerprint: its baseline is scored afresh in every run
         cache = self.task.engine.cache if self.task.evaluator is None else None
-        key = "uniform-" + digest(StatsCache.FORMAT, self.task.model, self.task.search_images, self.task.search_labels,
+        key = "uniform-" + digest(StatsCache.FORMAT, self.task.search_images.device.type, self.task.model,
+                                  self.task.search_images, self.task.search_labels,
                                   self.task.engine.calibration.images if self.task.engine.calibration else 0,
                                   asdict(self.cfg.env), asdict(self.task.prune_config), asdict(self.task.calibration),
                                   list(self.task.exclude),
@@ -196,7 +197,11 @@ class SearchRunner:
                 self.store.log(f"{self.env.scored_ahead} of {remaining} episodes were scored ahead by the workers")
         self._checkpoint()
         self.store.log(f"done: {self.episode} episodes, best reward {self.top[0].reward:.4f}")
-        return self.reselect() if self.cfg.reselect else self.top[0]
+        if self.cfg.reselect:
+            return self.reselect()
+        if self.store.drop_reselection(self.policy(self.top[0])):
+            self.store.log("re-selection off: best_policy.json is the search's best again (reselection.csv removed)")
+        return self.top[0]
 
     def reselect(self) -> EpisodeRecord:
         """Score the top-k policies on the held-out images after the search split; the best there (ties: the

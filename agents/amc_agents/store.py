@@ -181,6 +181,16 @@ class RunStore:
         atomic_write_text(pd.DataFrame(rows).to_csv(index=False), self.folder / "reselection.csv")
         best.save(self.folder / "best_policy.json")
 
+    def drop_reselection(self, search_best: Policy) -> bool:
+        """Undo an earlier re-selection (a run resumed with ``--no-reselect``): ``best_policy.json`` becomes
+        ``search_best`` again and ``reselection.csv`` goes. Returns whether there was one."""
+        path = self.folder / "reselection.csv"
+        if not path.is_file():
+            return False
+        search_best.save(self.folder / "best_policy.json")
+        path.unlink()
+        return True
+
     def best_policy(self) -> Policy:
         return Policy.load(self.folder / "best_policy.json")
 
