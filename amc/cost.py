@@ -13,8 +13,8 @@ by running it (used to check compact models). Two are built in:
   the whole model.
 - :class:`ParamsCost` (``"params"``): parameter elements (BatchNorm affine weights included, buffers not).
 
-:class:`amc.latency.LatencyCost` is a third, built from a per-layer latency table measured on the target
-(``exact = False``: its estimate is not expected to equal a measurement). :class:`Budget` is the one place a target ratio becomes channel
+:class:`amc.latency.LatencyCost` (also importable as ``amc.cost.Latency``) is a third, built from a per-layer
+latency table measured on the target (``exact = False``: its estimate is not expected to equal a measurement). :class:`Budget` is the one place a target ratio becomes channel
 counts: the reachable floor, AMC's clamp (:meth:`Budget.max_count`) and the uniform bisection.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .errors import AmcError
+from .latency import LatencyCost as Latency  # noqa: F401  (amc.cost.Latency, beside MacsCost and ParamsCost)
 from .ratios import allowed_counts, channels_for_ratio
 from .structure import DependencyGraph, GroupName, Keep, Layer
 from .unstructured import prunable_layers

@@ -49,6 +49,10 @@ def test_cost_model_registry():
         cost_model("energy")
     with pytest.raises(AmcError, match="needs a table measured for the model"):
         cost_model("latency")
+    from amc.cost import Latency
+    from amc.latency import LatencyCost
+
+    assert Latency is LatencyCost and cost_model(Latency.__new__(Latency)).__class__ is LatencyCost
 
 
 @pytest.mark.parametrize("cost", ["macs", "params"])
