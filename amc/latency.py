@@ -19,9 +19,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import platform
 import statistics
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -29,6 +31,7 @@ import torch
 from filelock import FileLock
 from torch import nn
 
+from .errors import AmcWarning
 from .io import atomic_write_text
 from .structure import DependencyGraph, Keep, Layer
 
@@ -146,6 +149,8 @@ class LatencyTable:
                     pass  # a torn or foreign file: measured again and rewritten
             missing = {signature(la): la for la in graph.layers if la.kind.name in TIMED}
             missing = {s: la for s, la in missing.items() if s not in table.entries}
+            if (missing or (model is not None and architecture_key(graph) not in table.overheads)) and timer is None:
+                warn_if_busy(device)
             for sig, layer in missing.items():
                 table.entries[sig] = table._measure(layer, device, batch, grid, timer or median_ms)
             arch = architecture_key(graph)
@@ -199,6 +204,22 @@ class LatencyTable:
         ys = entry["c_out"]
         per_in = [_interpolate(ys, row, c_out) for row in ms]
         return _interpolate(xs, per_in, c_in)
+
+
+def warn_if_busy(device: str = "cpu") -> None:
+    """Warn (:class:`AmcWarning`) when CPU timings are about to be taken on a busy machine: with more runnable
+    work than cores (the 1-minute load average), other processes take turns with the timed one and the
+    table's figures are inflated unevenly (a whole-model time taken during a busy moment can make every
+    budget look unreachable). Timings are cached, so a table measured this way stays until its cache file
+    is deleted."""
+    if not device.startswith("cpu") or not hasattr(os, "getloadavg"):
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    load = os.getloadavg()[0]
+    if load > cores:
+        warnings.warn(f"measuring latencies while the machine is busy (load average {load:.1f} on {cores} cores): "
+                      "the table may be inflated; measure it on an idle machine (delete the cache's latency/ "
+                      "folder to measure again)", AmcWarning, stacklevel=3)
 
 
 def _interpolate(xs: Sequence[float], values: Sequence[float], x: float) -> float:

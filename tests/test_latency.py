@@ -1,5 +1,6 @@
 """The latency cost model: table interpolation, caching per device, and budgets met under it."""
 import json
+import warnings
 
 import pandas as pd
 import pytest
@@ -124,3 +125,21 @@ def test_uniform_command_meets_a_latency_target_with_a_cached_table(tmp_path):
     policy = json.loads(out.read_text())
     assert policy["cost"]["name"] == "latency" and policy["metrics"]["latency_ratio"] <= 0.85
     assert len(list((tmp_path / "cache" / "latency").glob("*.json"))) == 1
+
+
+def test_measuring_on_a_busy_machine_warns(monkeypatch):
+    """More runnable work than cores inflates CPU timings: the user is told before the table is cached."""
+    import os
+
+    from amc.errors import AmcWarning
+    from amc.latency import warn_if_busy
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 1.5, 0.0, 0.0))
+    with pytest.warns(AmcWarning, match=f"load average {cores + 1.5:.1f} on {cores} cores"):
+        warn_if_busy("cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_busy("cuda:0")  # GPU timings are not shared with other processes' CPU work
+        monkeypatch.setattr(os, "getloadavg", lambda: (cores - 0.5, 0.0, 0.0))
+        warn_if_busy("cpu")
