@@ -28,7 +28,7 @@ search() {  # COST TARGET SEED OUT
   fi
 }
 
-[ -f "$runs/uniform-latency.json" ] || "$amc" uniform "${data[@]}" --cost latency --target "$target" \
+[ -f "$runs/uniform-latency.json" ] || "$amc" uniform "${data[@]}" --cost latency --target "$target" --threads 1 \
   --out "$runs/uniform-latency.json"
 wait_all() { for pid in "$@"; do wait "$pid"; done; }  # fails (set -e) when a search failed
 pids=()

@@ -125,6 +125,21 @@ def test_uniform_command_meets_a_latency_target_with_a_cached_table(tmp_path):
     policy = json.loads(out.read_text())
     assert policy["cost"]["name"] == "latency" and policy["metrics"]["latency_ratio"] <= 0.85
     assert len(list((tmp_path / "cache" / "latency").glob("*.json"))) == 1
+    # the table is cached per thread count: --threads picks the one a search with those threads measured
+    default = torch.get_num_threads()
+    other = 1 if default != 1 else 2
+    try:
+        torch.set_num_threads(other)
+        LatencyTable.for_graph(trace(model, (3, 16, 16)), cache_dir=tmp_path / "cache", model=model,
+                               timer=lambda m, x: 20.0 if m is model else bilinear_timer(m, x))
+        torch.set_num_threads(default)
+        assert main(["uniform", "resnet8", "--input-shape", "3", "16", "16", "--cost", "latency", "--target", "0.85",
+                     "--cache-dir", str(tmp_path / "cache"), "--threads", str(other), "--out", str(out),
+                     "--overwrite"]) == 0
+        assert torch.get_num_threads() == other
+        assert len(list((tmp_path / "cache" / "latency").glob("*.json"))) == 2  # served, not measured a third time
+    finally:
+        torch.set_num_threads(default)
 
 
 def test_measuring_on_a_busy_machine_warns(monkeypatch):

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from ..api import uniform_policy
 from ..latency import LatencyCost, LatencyTable
 from ..structure import trace
 from ..config import validate
+from ..errors import AmcError
 from .args import add_flags, add_model_arg, command_line, section
 from .common import check_output, open_from_args
 
@@ -18,6 +21,8 @@ def add_parser(sub) -> None:
     add_flags(p, "env", skip=("--mode", "--rbound", "--metric", "--reward-scale", "--evaluator"), required=("--target",))
     p.add_argument("--out", required=True, help="policy JSON to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--threads", type=int, help="torch CPU threads for --cost latency (default: torch's): a latency "
+                   "table is measured and cached per thread count, so give a search's --threads to share its table")
     p.add_argument("--cache-dir", default="~/.cache/amc", help="where --cost latency keeps its measured per-layer "
                    "table (default ~/.cache/amc; 'none': measure afresh)")
     p.set_defaults(func=run)
@@ -28,6 +33,10 @@ def run(args: argparse.Namespace) -> int:
     for name in ("env", "prune", "calibration", "data"):
         validate(section(args, name), name)
     check_output(args.out, inputs=(model_cfg.checkpoint,), overwrite=args.overwrite)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise AmcError(f"--threads must be a whole number >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     model, spec, _ = open_from_args(args, model_cfg)
     graph = trace(model, spec.input_shape, model_cfg.exclude)
     cache = None if args.cache_dir == "none" else args.cache_dir
