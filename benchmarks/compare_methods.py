@@ -61,8 +61,8 @@ FINETUNE_LR = 0.01
 class Evaluator:
     """Applies policies to one dense checkpoint and scores them on the test split (data loaded once)."""
 
-    def __init__(self, checkpoint: str, data_dir: str):
-        self.model, self.spec, _ = open_model(None, checkpoint)
+    def __init__(self, checkpoint: str, data_dir: str, model_name: str | None = None):
+        self.model, self.spec, _ = open_model(model_name, checkpoint)
         self.data_dir = data_dir
         self._splits = None
         self._dense_test_top1: float | None = None
@@ -286,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     if not folder.is_dir():
         raise SystemExit(f"compare_methods: no folder {folder}")
-    try:
-        evaluator = Evaluator(args.checkpoint, args.data_dir)
+    finished = sorted(folder.glob("*-seed*/uniform_policy.json"))
+    try:  # a plain state_dict checkpoint needs the architecture's name: the one the runs recorded
+        evaluator = Evaluator(args.checkpoint, args.data_dir, Policy.load(finished[0]).model["name"] if finished else None)
     except AmcError as exc:
         raise SystemExit(f"compare_methods: {exc}") from None
     previous = None
