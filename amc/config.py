@@ -313,9 +313,19 @@ def validate(cfg: Any, name: str = "") -> Any:
                 raise AmcError(f"{prefix}{f.name} = {value!r} is not valid: expected {expected}")
     if isinstance(cfg, EnvConfig) and not cfg.lbound <= cfg.rbound:
         raise AmcError(f"{prefix}lbound {cfg.lbound} is above rbound {cfg.rbound}")
+    if isinstance(cfg, EnvConfig):
+        check_reward_cost(cfg)
     if isinstance(cfg, DataConfig) and cfg.search_images > cfg.holdout:
         raise AmcError(f"{prefix}search_images ({cfg.search_images}) must be part of the holdout ({cfg.holdout})")
     return cfg
+
+
+def check_reward_cost(cfg: EnvConfig) -> None:
+    """Accuracy mode's reward -error * log(cost) needs a count: refused for a latency (checked before a table is
+    measured)."""
+    if cfg.mode == "accuracy" and cfg.cost == "latency":
+        raise AmcError("accuracy mode's reward -error * log(cost) needs a count (macs or params), not a latency "
+                       "in milliseconds; use --mode constrained with --cost latency")
 
 
 _RATE = (lambda x: _finite(x) and x > 0, "a finite number > 0")

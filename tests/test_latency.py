@@ -91,8 +91,9 @@ def test_search_with_resource_latency_meets_the_target_in_every_episode(tmp_path
 def test_accuracy_mode_refuses_a_latency_cost(tmp_path, capsys):
     code = main(["search", "--model", "resnet8", "--input-shape", "3", "16", "16", "--dataset", "synthetic",
                  "--mode", "accuracy", "--cost", "latency", "--episodes", "2", "--agent", "random",
-                 "--out", str(tmp_path / "run")])
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run")])
     assert code == 2 and "needs a count" in capsys.readouterr().err
+    assert not (tmp_path / "cache" / "latency").exists()  # refused before any table was measured
     with pytest.raises(AmcError, match="needs a table"):
         Budget(trace(build_model(ModelSpec("resnet8", 10, (3, 16, 16))), (3, 16, 16)), "latency", 0.5)
 

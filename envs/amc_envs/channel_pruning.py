@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from amc.config import BUDGET_RULES, EnvConfig
+from amc.config import BUDGET_RULES, EnvConfig, check_reward_cost
 from amc.cost import Budget
 from amc.errors import AmcError
 from amc.structure import GroupName
@@ -122,9 +122,7 @@ class ChannelPruningEnv(gym.Env):
                 or cfg.budget_rule not in BUDGET_RULES:
             raise AmcError(f"bad environment option: mode={cfg.mode!r}, metric={cfg.metric!r}, "
                            f"budget_rule={cfg.budget_rule!r}")
-        if cfg.mode == "accuracy" and cfg.cost == "latency":
-            raise AmcError("accuracy mode's reward -error * log(cost) needs a count (macs or params), not a latency "
-                           "in milliseconds; use --mode constrained with --cost latency")
+        check_reward_cost(cfg)
         if not math.isfinite(cfg.reward_scale) or cfg.reward_scale <= 0:
             raise AmcError(f"reward_scale must be a positive number, got {cfg.reward_scale}")
         self.task = task or PruningTask.tiny()
