@@ -84,8 +84,11 @@ def test_model_arguments_build_the_model_and_are_checked_against_a_checkpoint(tm
     assert open_model(None, tmp_path / "amc.pt")[1].kwargs == {"width": 0.5}
     with pytest.raises(AmcError, match="records the model arguments"):
         open_model(None, tmp_path / "amc.pt", kwargs={"width": 1.0})
-    with pytest.raises(AmcError, match="does not take the arguments"):
+    with pytest.raises(AmcError, match="cannot be built with the arguments .*unexpected keyword"):
         build_model(ModelSpec("mobilenet_v2", kwargs={"widht": 0.5}))
+    for width in ("abc", 0, -1):  # nonsense values: one line naming them, not a traceback from inside the model
+        with pytest.raises(AmcError, match=f"cannot be built with the arguments {{'width': {width!r}}}"):
+            build_model(ModelSpec("mobilenet_v2", kwargs={"width": width}))
 
 
 def test_checkpoint_with_module_prefix_and_mismatch(tmp_path):

@@ -119,8 +119,9 @@ def build_model(spec: ModelSpec) -> nn.Module:
     if name in BUILTIN:
         try:
             return BUILTIN[name][0](num_classes=spec.num_classes, **spec.kwargs)
-        except TypeError as exc:
-            raise AmcError(f"model '{name}' does not take the arguments {spec.kwargs}: {exc}") from None
+        except (TypeError, ValueError, RuntimeError) as exc:  # only model arguments can make a built-in fail
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise AmcError(f"model '{name}' cannot be built with the arguments {spec.kwargs}: {first[:200]}") from None
     if name.startswith("torchvision:"):
         try:
             import torchvision.models as tvm  # noqa: PLC0415  (optional dependency)
