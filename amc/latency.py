@@ -149,12 +149,12 @@ class LatencyTable:
                     pass  # a torn or foreign file: measured again and rewritten
             missing = {signature(la): la for la in graph.layers if la.kind.name in TIMED}
             missing = {s: la for s, la in missing.items() if s not in table.entries}
-            if (missing or (model is not None and architecture_key(graph) not in table.overheads)) and timer is None:
+            arch = architecture_key(graph)
+            new_overhead = model is not None and arch not in table.overheads
+            if (missing or new_overhead) and timer is None:
                 warn_if_busy(device)
             for sig, layer in missing.items():
                 table.entries[sig] = table._measure(layer, device, batch, grid, timer or median_ms)
-            arch = architecture_key(graph)
-            new_overhead = model is not None and arch not in table.overheads
             if new_overhead:
                 x = torch.randn(batch, *graph.input_shape, device=device)
                 layers = sum(table.predict(la, *la.kind.dense_widths(la.module)) for la in graph.layers
