@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from .errors import AmcError
-from .models import ModelSpec, build_model, default_input_shape, default_num_classes
+from .config import ModelConfig
+from .models import ModelSpec, build_model, default_input_shape, default_num_classes, model_arguments
 from .structure.layers import kind_of
 
 STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "net")
@@ -177,6 +178,13 @@ def open_model(name: str | None, checkpoint: str | Path | None = None, num_class
     if ckpt:
         load_weights(model, ckpt["state_dict"], f"checkpoint {checkpoint}")
     return model.eval(), spec, {k: v for k, v in ckpt.items() if k != "state_dict"}
+
+
+def open_configured(model: ModelConfig, num_classes: int | None = None) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
+    """:func:`open_model` for a :class:`~amc.config.ModelConfig` (name, checkpoint, classes, input shape,
+    constructor arguments); ``num_classes`` is used when the config gives none."""
+    return open_model(model.name, model.checkpoint, model.num_classes or num_classes, model.input_shape,
+                      model_arguments(model.arguments))
 
 
 def _classes_in(state_dict: dict) -> int | None:

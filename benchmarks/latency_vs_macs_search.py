@@ -15,7 +15,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -37,9 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     from amc.cost import macs
     from amc.data import load_splits, normalization
     from amc.evaluation import evaluate
-    from amc.io import atomic_write_text, open_model
+    from amc.io import atomic_write_text, open_configured
     from amc.latency import median_ms
-    from amc.models import model_arguments
     from amc.provenance import provenance
     from amc_agents import RunStore
 
@@ -47,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     for run in args.runs:
         cfg = RunStore(run).config()
         policy = amc.Policy.load(Path(run) / "best_policy.json")
-        dense, spec, _ = open_model(cfg.model.name, cfg.model.checkpoint, kwargs=model_arguments(cfg.model.arguments))
+        dense, spec, _ = open_configured(cfg.model)
         small = amc.apply_policy(dense, policy, calibration=amc.calibration_for(policy)).model.eval()
         name = f"{cfg.env.cost} target {cfg.env.target}"
         models[name] = small

@@ -21,8 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from amc.errors import AmcError  # noqa: E402
-from amc.io import atomic_write_text, open_model  # noqa: E402
-from amc.models import model_arguments  # noqa: E402
+from amc.io import atomic_write_text, open_configured  # noqa: E402
 from amc.policy import Policy  # noqa: E402
 from amc.structure import trace  # noqa: E402
 
@@ -84,8 +83,7 @@ def policy_of(run: str | Path, row: pd.Series, graphs: dict) -> Policy:
     cfg = RunStore(run).config()
     key = (cfg.model.name, cfg.model.checkpoint, cfg.model.exclude)
     if key not in graphs:
-        model, spec, _ = open_model(cfg.model.name, cfg.model.checkpoint, cfg.model.num_classes, cfg.model.input_shape,
-                                    model_arguments(cfg.model.arguments))
+        model, spec, _ = open_configured(cfg.model)
         graphs[key] = (trace(model, spec.input_shape, cfg.model.exclude), spec)
     graph, spec = graphs[key]
     ratios = {c[len(RATIO):]: float(row[c]) for c in row.index if c.startswith(RATIO) and not pd.isna(row[c])}

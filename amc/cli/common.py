@@ -12,7 +12,7 @@ import yaml
 from ..config import DataConfig, ModelConfig, from_dict, to_dict, validate
 from ..errors import AmcError
 from ..data import ImageSet, load_splits, normalization
-from ..io import atomic_write_text, open_model
+from ..io import atomic_write_text, open_configured
 from ..memory import keep_freed_memory
 from ..models import ModelSpec, build_model, default_input_shape, model_arguments
 from .args import FLAGS, add_flags, add_model_arg, dest, section
@@ -28,8 +28,7 @@ def reuse_freed_memory() -> bool:
 def open_from_args(args: argparse.Namespace, model: ModelConfig | None = None):
     """(model, spec, extras) for the model flags (or ``model``)."""
     model = validate(model or section(args, "model"), "model")
-    classes = model.num_classes or (100 if getattr(args, "dataset", None) == "cifar100" else None)
-    return open_model(model.name, model.checkpoint, classes, model.input_shape, model_arguments(model.arguments))
+    return open_configured(model, 100 if getattr(args, "dataset", None) == "cifar100" else None)
 
 
 def checkpoint_or_fresh(args: argparse.Namespace, model_cfg: ModelConfig, data_cfg: DataConfig):

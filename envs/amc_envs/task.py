@@ -16,8 +16,8 @@ from amc.cost import CostModel, MacsCost, ParamsCost, check_costs, params
 from amc.errors import AmcError
 from amc.data import ImageSet, load_splits, normalization
 from amc.evaluation import MIB, custom_score, eval_batch_size, evaluate, fold_batchnorm, fold_pairs, foldable_pairs
-from amc.io import open_model
-from amc.models import ModelSpec, build_model, model_arguments
+from amc.io import open_configured
+from amc.models import ModelSpec, build_model
 from amc.prune import PruneResult, PruningEngine
 from amc.selection import Selection
 from amc.stats_cache import StatsCache
@@ -95,10 +95,8 @@ class PruningTask:
         if not len(rest):
             raise AmcError(f"no held-out images outside the search split ({self.data.search_images} of a "
                            f"{self.data.holdout}-image holdout): raise --holdout or lower --search-images")
-        images = normalization(self.data)(rest.images).to(self.device)
-        if self.prune_config.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return dataclasses.replace(self, search_images=images, search_labels=rest.labels.to(self.device))
+        return dataclasses.replace(self, search_images=scoring_images(rest, self.data, self.prune_config, self.device),
+                                   search_labels=rest.labels.to(self.device))
 
     def evaluate(self, keep: Keep) -> tuple[dict[str, float], PruneResult]:
         """Prune to ``keep``, check the pruned model's costs against the accounting, score it.
@@ -150,9 +148,7 @@ class PruningTask:
         model = model.to(device).eval()
         graph = trace(model, spec.input_shape, exclude)
         engine = PruningEngine(model, graph, prune, calibration.to(device), cache)
-        search_x = normalization(data)(search.images).to(device)
-        if prune.channels_last:
-            search_x = search_x.contiguous(memory_format=torch.channels_last)
+        search_x = scoring_images(search, data, prune, device)
         # pruning never enlarges an activation: the dense model's batch size serves every pruned one
         batch = (eval_batch_size(model, tuple(search_x.shape[1:]), prune.eval_batch_mib * MIB)
                  if torch.device(device).type == "cpu" else cls.batch_size)
@@ -171,6 +167,12 @@ class PruningTask:
         return make_task(build_model(spec), spec, data, calib, prune)
 
 
+def scoring_images(split: ImageSet, data: DataConfig, prune: PruneConfig, device: str) -> torch.Tensor:
+    """A split's images as the task scores them: normalised, on ``device``, channels-last if ``prune`` says so."""
+    images = normalization(data)(split.images).to(device)
+    return images.contiguous(memory_format=torch.channels_last) if prune.channels_last else images
+
+
 def make_task(model: nn.Module, spec: ModelSpec, data: DataConfig, calibration: CalibrationConfig = CalibrationConfig(),
               prune: PruneConfig = PruneConfig(), exclude=(), device: str = "cpu",
               cache: StatsCache | None = None, evaluator: Callable[[nn.Module], float] | None = None) -> PruningTask:
@@ -186,6 +188,5 @@ def open_task(model: ModelConfig, data: DataConfig, calibration: CalibrationConf
               prune: PruneConfig = PruneConfig(), device: str = "cpu", cache: StatsCache | None = None,
               evaluator: Callable[[nn.Module], float] | None = None) -> PruningTask:
     """Open the model of ``model`` (name/checkpoint) and build its :class:`PruningTask`."""
-    net, spec, _ = open_model(model.name, model.checkpoint, model.num_classes, model.input_shape,
-                                model_arguments(model.arguments))
+    net, spec, _ = open_configured(model)
     return make_task(net, spec, data, calibration, prune, model.exclude, device, cache, evaluator)
