@@ -15,7 +15,7 @@ from torch import nn
 from .calibration import CalibrationSet
 from .config import DataConfig, PruneConfig
 from .cost import MacsCost, ParamsCost, check_costs
-from .data import load_splits, normalization
+from .data import ImageSet, load_splits, normalization
 from .errors import AmcError
 from .policy import Policy
 from .prune import PruningEngine
@@ -39,18 +39,20 @@ class AppliedPolicy:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def calibration_for(policy: Policy, *, data: DataConfig | None = None, device: str = "cpu") -> CalibrationSet:
+def calibration_for(policy: Policy, *, data: DataConfig | None = None, device: str = "cpu",
+                    train: ImageSet | None = None) -> CalibrationSet:
     """The calibration images ``policy`` was scored with, redrawn from its recorded data split.
 
     ``data``: the policy's :class:`~amc.config.DataConfig` with another ``data_dir`` (the same images
-    in another place); by default the recorded one.
+    in another place); by default the recorded one. ``train``: that data's training split, already loaded
+    (callers rebuilding many policies of one search read it once).
     """
     data = data or policy.data
     if data is None:
         raise AmcError("the policy records no data split; give the calibration images yourself")
-    shape = policy.input_shape
-    train = load_splits(data, ("train",), num_classes=int(policy.model.get("num_classes", 10)),
-                        image_size=int(shape[-1]))["train"]
+    if train is None:
+        train = load_splits(data, ("train",), num_classes=int(policy.model.get("num_classes", 10)),
+                            image_size=int(policy.input_shape[-1]))["train"]
     return CalibrationSet.draw(train, normalization(data), policy.calibration, device)
 
 

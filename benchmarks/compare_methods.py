@@ -33,7 +33,6 @@ import re
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import matplotlib
@@ -42,8 +41,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from amc import Policy, apply_policy  # noqa: E402
-from amc.calibration import CalibrationSet  # noqa: E402
+from amc import Policy, apply_policy, calibration_for  # noqa: E402
 from amc.config import TrainConfig, replace  # noqa: E402
 from amc.data import load_splits, normalization  # noqa: E402
 from amc.errors import AmcError  # noqa: E402
@@ -67,7 +65,6 @@ class Evaluator:
         self._splits = None
         self._dense_test_top1: float | None = None
         self._normalized: dict[str, tuple] = {}
-        self._calibration: dict[str, CalibrationSet] = {}
         self._cache_dir = tempfile.TemporaryDirectory()  # calibration statistics gathered once for the top-k
         self.cache = StatsCache(self._cache_dir.name)
 
@@ -97,11 +94,8 @@ class Evaluator:
 
     def rebuild(self, policy: Policy, cache: StatsCache | None = None):
         """The model the search scored for ``policy`` (its recorded recovery settings and calibration images)."""
-        key = json.dumps(asdict(policy.calibration), sort_keys=True)
-        if key not in self._calibration:  # calibration_for's draw, from the training split loaded once
-            self._calibration[key] = CalibrationSet.draw(self.splits(policy)["train"], normalization(self.data(policy)),
-                                                         policy.calibration)
-        return apply_policy(self.model, policy, calibration=self._calibration[key], cache=cache)
+        calibration = calibration_for(policy, data=self.data(policy), train=self.splits(policy)["train"])
+        return apply_policy(self.model, policy, calibration=calibration, cache=cache)
 
     def apply(self, policy_path: Path, finetune_epochs: int = 0, finetune_out: Path | None = None) -> dict:
         """Test top-1 of the scored model of ``policy_path`` (and after fine-tuning), and its search-split top-1."""
@@ -300,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     if runs.empty:
         raise SystemExit(f"no finished runs in {folder}")
     runs["rebuilt_gap"] = (runs.search_top1_rebuilt - runs.search_top1).abs()
-    first = sorted(folder.glob("*-seed*/uniform_policy.json"))[0]  # the same uniform policy and model in every run
+    first = finished[0]  # the same uniform policy and model in every run
     uniform = {"method": "uniform", "seed": -1, "episodes": 1, "search_reward": runs.uniform_search_reward.mean(),
                **evaluator.apply(first)}
     runs = pd.concat([runs, pd.DataFrame([uniform])], ignore_index=True)
