@@ -97,20 +97,28 @@ class Evaluator:
         calibration = calibration_for(policy, data=self.data(policy), train=self.splits(policy)["train"])
         return apply_policy(self.model, policy, calibration=calibration, cache=cache)
 
-    def apply(self, policy_path: Path, finetune_epochs: int = 0, finetune_out: Path | None = None) -> dict:
-        """Test top-1 of the scored model of ``policy_path`` (and after fine-tuning), and its search-split top-1."""
+    def apply(self, policy_path: Path) -> dict:
+        """Test top-1 of the scored model of ``policy_path``, and its search-split top-1."""
         policy = Policy.load(policy_path)
         applied = self.rebuild(policy)
         macs = applied.costs["macs"]
-        out = {"macs_ratio_measured": macs[1] / macs[0], "test_top1": self.top1(applied.model, policy),
-               "search_top1_rebuilt": self.top1(applied.model, policy, "search"),
-               "dense_test_top1": self.dense_test_top1(policy)}
-        if finetune_epochs > 0:
-            cfg = TrainConfig(epochs=finetune_epochs, lr=FINETUNE_LR)
-            train(applied.model, self.spec, self.splits(policy)["train"], self.splits(policy)["test"],
-                  normalization(self.data(policy)), cfg, finetune_out)
-            out["test_top1_finetuned"] = self.top1(applied.model, policy)
-        return out
+        return {"macs_ratio_measured": macs[1] / macs[0], "test_top1": self.top1(applied.model, policy),
+                "search_top1_rebuilt": self.top1(applied.model, policy, "search"),
+                "dense_test_top1": self.dense_test_top1(policy)}
+
+    def finetune(self, policy_path: Path, epochs: int, out: Path, dense: bool = False) -> float:
+        """Test top-1 after fine-tuning ``epochs`` epochs the scored model of ``policy_path`` (``dense``: a copy
+        of the dense model instead). A finished ``out`` is read back, an interrupted one resumed."""
+        import copy
+        metrics = out / "metrics.csv"
+        if (out / "model.pt").is_file() and len(pd.read_csv(metrics)) == epochs:
+            return float(pd.read_csv(metrics).val_top1.iloc[-1])
+        policy = Policy.load(policy_path)
+        model = copy.deepcopy(self.model) if dense else self.rebuild(policy).model
+        history = train(model, self.spec, self.splits(policy)["train"], self.splits(policy)["test"],
+                        normalization(self.data(policy)), TrainConfig(epochs=epochs, lr=FINETUNE_LR), out,
+                        resume=(out / "last.pt").is_file())
+        return float(history.val_top1.iloc[-1])
 
     def reselect(self, run: Path) -> dict:
         """Re-score ``run``'s top-k policies on ``holdout_rest``: the test top-1 of the best one there (ties: the
@@ -126,14 +134,26 @@ class Evaluator:
                 "test_top1_top_k_max": max(t for *_, t in scored), "top_k": len(scored)}
 
 
-    def finetune_dense(self, policy_path: Path, epochs: int, out: Path) -> float:
-        """Test top-1 of the dense model fine-tuned ``epochs`` epochs like the pruned ones (a copy; the original stays)."""
-        import copy
-        policy = Policy.load(policy_path)
-        model = copy.deepcopy(self.model)
-        train(model, self.spec, self.splits(policy)["train"], self.splits(policy)["test"],
-              normalization(self.data(policy)), TrainConfig(epochs=epochs, lr=FINETUNE_LR), out)
-        return self.top1(model, policy)
+
+def _finetune_job(checkpoint: str, data_dir: str, model_name: str, policy_path: Path, epochs: int, out: Path,
+                  dense: bool) -> float:
+    """One fine-tune in a worker process of 1 thread (its own :class:`Evaluator`: the data are loaded per job)."""
+    import torch
+    torch.set_num_threads(1)
+    return Evaluator(checkpoint, data_dir, model_name).finetune(policy_path, epochs, out, dense)
+
+
+def finetune_in_parallel(jobs: dict[str, tuple[Path, bool]], args: argparse.Namespace, model_name: str,
+                         folder: Path) -> dict[str, float]:
+    """Test top-1 after ``args.finetune_epochs`` epochs for each ``name: (policy, dense)``, ``args.jobs`` at a time
+    (``models/NAME-ftN``; finished ones are read back, interrupted ones resumed)."""
+    from concurrent.futures import ProcessPoolExecutor
+    epochs = args.finetune_epochs
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {name: pool.submit(_finetune_job, args.checkpoint, args.data_dir, model_name, policy, epochs,
+                                     folder / "models" / f"{name}-ft{epochs}", dense)
+                   for name, (policy, dense) in jobs.items()}
+        return {name: future.result() for name, future in futures.items()}
 
 
 def episodes_to_beat(episodes: pd.DataFrame, uniform_top1: float, margin: float = 0.02) -> float:
@@ -275,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-epochs", type=int, default=0)
     p.add_argument("--finetune", choices=("best", "all"), default="best",
                    help="fine-tune each method's best-search-reward seed, or every seed")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="fine-tunes at a time, one process of 1 thread each (interrupted ones resume on a rerun)")
     args = p.parse_args(argv)
     folder = Path(args.results) / args.name
     started = time.time()
@@ -308,17 +330,17 @@ def main(argv: list[str] | None = None) -> int:
            if args.reselect else {})).reset_index()
     summary["search_reward_std_uniform"] = runs.uniform_search_reward.std()
     if args.finetune_epochs > 0:
-        models, epochs = folder / "models", args.finetune_epochs
         searched = runs[runs.method != "uniform"].sort_values("search_reward", ascending=False)
         chosen = searched if args.finetune == "all" else searched.groupby("method", sort=False).head(1)
+        jobs = {"dense": (first, True), "uniform": (first, False)}  # the longest first
+        jobs |= {f"{r.method}-seed{r.seed}": (folder / f"{r.method}-seed{r.seed}" / "best_policy.json", False)
+                 for _, r in chosen.iterrows()}
+        finetuned = finetune_in_parallel(jobs, args, Policy.load(first).model["name"], folder)
         for i, r in chosen.iterrows():
-            name = f"{r.method}-seed{r.seed}"
-            runs.loc[i, "test_top1_finetuned"] = evaluator.apply(folder / name / "best_policy.json", epochs,
-                                                                 models / f"{name}-ft{epochs}")["test_top1_finetuned"]
-        runs.loc[runs.method == "uniform", "test_top1_finetuned"] = evaluator.apply(
-            first, epochs, models / f"uniform-ft{epochs}")["test_top1_finetuned"]
+            runs.loc[i, "test_top1_finetuned"] = finetuned[f"{r.method}-seed{r.seed}"]
+        runs.loc[runs.method == "uniform", "test_top1_finetuned"] = finetuned["uniform"]
         dense = {"method": "dense", "seed": -1, "episodes": 0, "test_top1": uniform["dense_test_top1"],
-                 "test_top1_finetuned": evaluator.finetune_dense(first, epochs, models / f"dense-ft{epochs}")}
+                 "test_top1_finetuned": finetuned["dense"]}
         runs = pd.concat([runs, pd.DataFrame([dense])], ignore_index=True)
         tuned = runs.groupby("method", sort=False).test_top1_finetuned.agg(["mean", "std", "count"])
         summary["test_top1_finetuned"] = summary.method.map(tuned["mean"])

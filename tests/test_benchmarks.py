@@ -125,3 +125,23 @@ def test_compare_methods_checks_rebuilds_and_reselects_on_the_rest_of_the_holdou
     again = pd.read_csv(tmp_path / "res" / "tiny" / "runs.csv")
     assert (again[again.method == "random"].test_top1 == 0.123).all() and len(again) == len(rows)
     assert "tiny" in json.loads((tmp_path / "res" / "search-quality.json").read_text())
+    # fine-tunes in 2 worker processes: every method's best seed, uniform and dense, each in its own folder
+    tune = ["tiny", "--checkpoint", str(tmp_path / "m.pt"), "--data-dir", "", "--results", str(tmp_path / "res"),
+            "--update", "--finetune-epochs", "1", "--jobs", "2"]
+    assert compare_methods.main(tune) == 0
+    models = tmp_path / "res" / "tiny" / "models"
+    searched = again[again.method == "random"]
+    best_seeds = searched[searched.search_reward == searched.search_reward.max()].seed
+    folders = {p.name for p in models.iterdir()}
+    assert len(folders) == 3 and {"dense-ft1", "uniform-ft1"} < folders  # one seed of the method: its best
+    assert folders - {"dense-ft1", "uniform-ft1"} <= {f"random-seed{s}-ft1" for s in best_seeds}
+    tuned = pd.read_csv(tmp_path / "res" / "tiny" / "runs.csv").set_index("method").test_top1_finetuned
+    for name, method in (("dense", "dense"), ("uniform", "uniform")):
+        assert tuned[method] == pytest.approx(pd.read_csv(models / f"{name}-ft1" / "metrics.csv").val_top1.iloc[-1])
+    # a rerun reads finished fine-tunes back instead of training again (a marker a new fine-tune would replace)
+    metrics = pd.read_csv(models / "dense-ft1" / "metrics.csv")
+    metrics.loc[0, "val_top1"] = 0.456
+    metrics.to_csv(models / "dense-ft1" / "metrics.csv", index=False)
+    assert compare_methods.main(tune) == 0
+    summary = pd.read_csv(tmp_path / "res" / "tiny" / "summary.csv")
+    assert summary.dense_finetuned.iloc[0] == pytest.approx(0.456)
