@@ -1,6 +1,7 @@
 import json
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -73,34 +74,70 @@ def test_agent_update_speed_benchmark_times_both_optimisers(capsys):
     assert "default  Adam:" in out and "foreach  Adam:" in out and "for 3 gradient steps" in out
 
 
-def test_compare_methods_checks_rebuilds_and_reselects_on_the_rest_of_the_holdout(tmp_path):
-    """Two tiny random searches summarised: each best policy rebuilds to its recorded search score, and
-    re-selection picks, among each run's top-k, the policy that scores best on the held-out rest."""
-    import pandas as pd
+def _tiny_random_searches(tmp_path):
+    """Two 6-episode random searches of a random ResNet-8 on synthetic data, as method_comparison.sh lays them
+    out (``tmp_path/res/tiny/random-seed{0,1}``); returns (the dense model, the data config)."""
+    import torch
 
-    from amc import Policy, apply_policy, calibration_for
     from amc.config import AgentConfig, CalibrationConfig, DataConfig, ModelConfig, SearchConfig
-    from amc.data import load_splits, normalization
-    from amc.evaluation import evaluate
     from amc.io import save_model
     from amc.models import ModelSpec, build_model
     from amc_agents import run_search
 
-    sys.path.insert(0, BENCHMARKS)
-    import compare_methods
-
     spec = ModelSpec("resnet8", 10, (3, 16, 16))
-    import torch
-
     torch.manual_seed(0)
-    torch_model = build_model(spec)
-    save_model(tmp_path / "m.pt", torch_model, spec)
+    model = build_model(spec)
+    save_model(tmp_path / "m.pt", model, spec)
     data = DataConfig(synthetic_size=(240, 30), holdout=120, search_images=60, image_size=16)
     for seed in (0, 1):
         run_search(SearchConfig(model=ModelConfig("resnet8", str(tmp_path / "m.pt")), data=data,
                                 calibration=CalibrationConfig(images=60, batch_size=30),
                                 agent=AgentConfig(algorithm="random"), episodes=6, seed=seed, cache_dir=None),
                    tmp_path / "res" / "tiny" / f"random-seed{seed}")
+    return model, data
+
+
+def test_final_recalibration_rebuilds_each_best_policy_as_scored_and_with_more_batchnorm_batches(tmp_path):
+    import pandas as pd
+
+    from amc import Policy, apply_policy, calibration_for
+    from amc.data import load_splits, normalization
+    from amc.evaluation import evaluate
+
+    sys.path.insert(0, BENCHMARKS)
+    import final_recalibration
+
+    model, data = _tiny_random_searches(tmp_path)
+    args = ["tiny", "--checkpoint", str(tmp_path / "m.pt"), "--data-dir", "", "--results", str(tmp_path / "res")]
+    assert final_recalibration.main([*args, "--bn-batches", "2"]) == 0
+    table = pd.read_csv(tmp_path / "res" / "tiny" / "final_recalibration.csv")
+    assert list(table.method) == ["uniform", "random", "random"] and list(table.seed) == [-1, 0, 1]
+    test = load_splits(data, ("test",), image_size=16)["test"]
+    images = normalization(data)(test.images)
+    policy = Policy.load(tmp_path / "res" / "tiny" / "random-seed1" / "best_policy.json")
+    assert policy.prune.bn_batches == 1  # the search's setting; the final model uses both 30-image batches
+    calibration = calibration_for(policy, data=data)
+    more = replace(policy, prune=replace(policy.prune, bn_batches=2))
+    for column, p in (("test_top1_scored", policy), ("test_top1_bn2", more)):
+        expected = evaluate(apply_policy(model, p, calibration=calibration).model, images, test.labels)["top1"]
+        assert table[column].iloc[2] == pytest.approx(expected)
+    with pytest.raises(SystemExit, match="no finished runs"):
+        final_recalibration.main(["absent", *args[1:]])
+
+
+def test_compare_methods_checks_rebuilds_and_reselects_on_the_rest_of_the_holdout(tmp_path):
+    """Two tiny random searches summarised: each best policy rebuilds to its recorded search score, and
+    re-selection picks, among each run's top-k, the policy that scores best on the held-out rest."""
+    import pandas as pd
+
+    from amc import Policy, apply_policy, calibration_for
+    from amc.data import load_splits, normalization
+    from amc.evaluation import evaluate
+
+    sys.path.insert(0, BENCHMARKS)
+    import compare_methods
+
+    torch_model, data = _tiny_random_searches(tmp_path)
     assert compare_methods.main(["tiny", "--checkpoint", str(tmp_path / "m.pt"), "--data-dir", "",
                                  "--results", str(tmp_path / "res"), "--reselect"]) == 0
     runs = pd.read_csv(tmp_path / "res" / "tiny" / "runs.csv")

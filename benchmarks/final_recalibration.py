@@ -1,0 +1,73 @@
+"""Test top-1 without fine-tuning of every run's best policy rebuilt as scored vs with more BatchNorm batches.
+
+A search scores each policy after re-estimating BatchNorm statistics on one calibration batch (50 images:
+as faithful a ranking as more, at a fraction of the cost; ``proxy-fidelity/``). The model a user deploys
+without fine-tuning can afford more: ``amc apply POLICY --bn-batches N`` re-estimates them on N batches of
+the same recorded calibration images (a different model from the scored one, as ``amc apply`` says). For
+the run folders ``results/benchmarks/NAME/METHOD-seed*`` this rebuilds each best policy and the uniform
+policy both ways and writes ``final_recalibration.csv`` (tidy: method, seed, test_top1_scored,
+test_top1_bn{N}) into the folder, then prints the mean ± std per method.
+
+    python benchmarks/final_recalibration.py NAME --checkpoint CKPT --data-dir DIR [--bn-batches 10]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from amc import Policy, apply_policy, calibration_for
+from amc.data import load_splits, normalization
+from amc.evaluation import evaluate
+from amc.io import atomic_write_text, open_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("name", help="folder under results/benchmarks")
+    p.add_argument("--checkpoint", required=True, help="the dense model the searches pruned")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--bn-batches", type=int, default=10,
+                   help="BatchNorm batches of the final model (of the policy's calibration batch size; at most its "
+                        "calibration images are used)")
+    p.add_argument("--results", default=str(ROOT / "results" / "benchmarks"))
+    args = p.parse_args(argv)
+    folder = Path(args.results) / args.name
+    runs = sorted(folder.glob("*-seed*/best_policy.json"))
+    if not runs:
+        raise SystemExit(f"final_recalibration: no finished runs in {folder}")
+    if args.bn_batches < 1:
+        raise SystemExit(f"final_recalibration: --bn-batches must be at least 1, got {args.bn_batches}")
+    torch.set_num_threads(1)
+    uniform = runs[0].parent / "uniform_policy.json"
+    first = Policy.load(uniform)
+    model, spec, _ = open_model(first.model["name"], args.checkpoint)
+    data = replace(first.data, data_dir=args.data_dir)
+    splits = load_splits(data, ("train", "test"), num_classes=spec.num_classes, image_size=spec.input_shape[-1])
+    images, labels = normalization(data)(splits["test"].images), splits["test"].labels
+    calibration = calibration_for(first, data=data, train=splits["train"])  # every run records the same images
+    column = f"test_top1_bn{args.bn_batches}"
+    rows = []
+    for path in [uniform, *runs]:
+        policy = Policy.load(path)
+        more = replace(policy, prune=replace(policy.prune, bn_batches=args.bn_batches))
+        method, seed = ("uniform", -1) if path == uniform else path.parent.name.rsplit("-seed", 1)
+        rows.append({"method": method, "seed": int(seed),
+                     "test_top1_scored": evaluate(apply_policy(model, policy, calibration=calibration).model,
+                                                  images, labels)["top1"],
+                     column: evaluate(apply_policy(model, more, calibration=calibration).model, images, labels)["top1"]})
+    table = pd.DataFrame(rows)
+    atomic_write_text(table.to_csv(index=False), folder / "final_recalibration.csv")
+    summary = table.groupby("method", sort=False)[["test_top1_scored", column]].agg(["mean", "std"]) * 100
+    print(summary.round(2).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
