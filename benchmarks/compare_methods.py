@@ -134,7 +134,6 @@ class Evaluator:
                 "test_top1_top_k_max": max(t for *_, t in scored), "top_k": len(scored)}
 
 
-
 def _finetune_job(checkpoint: str, data_dir: str, model_name: str, policy_path: Path, epochs: int, out: Path,
                   dense: bool) -> float:
     """One fine-tune in a worker process of 1 thread (its own :class:`Evaluator`: the data are loaded per job)."""
@@ -300,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     folder = Path(args.results) / args.name
     started = time.time()
+    if args.jobs < 1 or args.finetune_epochs < 0:
+        raise SystemExit(f"compare_methods: --jobs must be at least 1 and --finetune-epochs at least 0, got "
+                         f"{args.jobs} and {args.finetune_epochs}")
     if not folder.is_dir():
         raise SystemExit(f"compare_methods: no folder {folder}")
     finished = sorted(folder.glob("*-seed*/uniform_policy.json"))

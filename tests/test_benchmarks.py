@@ -182,3 +182,5 @@ def test_compare_methods_checks_rebuilds_and_reselects_on_the_rest_of_the_holdou
     assert compare_methods.main(tune) == 0
     summary = pd.read_csv(tmp_path / "res" / "tiny" / "summary.csv")
     assert summary.dense_finetuned.iloc[0] == pytest.approx(0.456)
+    with pytest.raises(SystemExit, match="--jobs must be at least 1"):
+        compare_methods.main([*tune[:-1], "0"])
