@@ -22,6 +22,7 @@ import torch
 
 from amc import Policy, apply_policy, calibration_for
 from amc.data import load_splits, normalization
+from amc.errors import AmcError
 from amc.evaluation import evaluate
 from amc.io import atomic_write_text, open_model
 
@@ -46,10 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"final_recalibration: --bn-batches must be at least 1, got {args.bn_batches}")
     torch.set_num_threads(1)
     uniform = runs[0].parent / "uniform_policy.json"
-    first = Policy.load(uniform)
-    model, spec, _ = open_model(first.model["name"], args.checkpoint)
-    data = replace(first.data, data_dir=args.data_dir)
-    splits = load_splits(data, ("train", "test"), num_classes=spec.num_classes, image_size=spec.input_shape[-1])
+    try:
+        first = Policy.load(uniform)
+        model, spec, _ = open_model(first.model["name"], args.checkpoint)
+        data = replace(first.data, data_dir=args.data_dir)
+        splits = load_splits(data, ("train", "test"), num_classes=spec.num_classes, image_size=spec.input_shape[-1])
+    except AmcError as exc:
+        raise SystemExit(f"final_recalibration: {exc}") from None
     images, labels = normalization(data)(splits["test"].images), splits["test"].labels
     calibration = calibration_for(first, data=data, train=splits["train"])  # every run records the same images
     column = f"test_top1_bn{args.bn_batches}"

@@ -123,6 +123,8 @@ def test_final_recalibration_rebuilds_each_best_policy_as_scored_and_with_more_b
         assert table[column].iloc[2] == pytest.approx(expected)
     with pytest.raises(SystemExit, match="no finished runs"):
         final_recalibration.main(["absent", *args[1:]])
+    with pytest.raises(SystemExit, match="checkpoint not found"):
+        final_recalibration.main([*args[:2], str(tmp_path / "absent.pt"), *args[3:]])
 
 
 def test_compare_methods_checks_rebuilds_and_reselects_on_the_rest_of_the_holdout(tmp_path):
