@@ -28,6 +28,7 @@ budget rule was set) this
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import re
 import sys
@@ -109,10 +110,10 @@ class Evaluator:
     def finetune(self, policy_path: Path, epochs: int, out: Path, dense: bool = False) -> float:
         """Test top-1 after fine-tuning ``epochs`` epochs the scored model of ``policy_path`` (``dense``: a copy
         of the dense model instead). A finished ``out`` is read back, an interrupted one resumed."""
-        import copy
-        metrics = out / "metrics.csv"
-        if (out / "model.pt").is_file() and len(pd.read_csv(metrics)) == epochs:
-            return float(pd.read_csv(metrics).val_top1.iloc[-1])
+        if (out / "model.pt").is_file():
+            done = pd.read_csv(out / "metrics.csv")
+            if len(done) == epochs:
+                return float(done.val_top1.iloc[-1])
         policy = Policy.load(policy_path)
         model = copy.deepcopy(self.model) if dense else self.rebuild(policy).model
         history = train(model, self.spec, self.splits(policy)["train"], self.splits(policy)["test"],

@@ -20,13 +20,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from amc import Policy, apply_policy, calibration_for
-from amc.data import load_splits, normalization
+from amc import Policy
 from amc.errors import AmcError
-from amc.evaluation import evaluate
-from amc.io import atomic_write_text, open_model
+from amc.io import atomic_write_text
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_methods import ROOT, Evaluator  # noqa: E402  (the same rebuild and test scoring as the comparison)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,13 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     uniform = runs[0].parent / "uniform_policy.json"
     try:
         first = Policy.load(uniform)
-        model, spec, _ = open_model(first.model["name"], args.checkpoint)
-        data = replace(first.data, data_dir=args.data_dir)
-        splits = load_splits(data, ("train", "test"), num_classes=spec.num_classes, image_size=spec.input_shape[-1])
+        evaluator = Evaluator(args.checkpoint, args.data_dir, first.model["name"])
+        evaluator.splits(first)  # a missing data folder fails here, before any rebuild
     except AmcError as exc:
         raise SystemExit(f"final_recalibration: {exc}") from None
-    images, labels = normalization(data)(splits["test"].images), splits["test"].labels
-    calibration = calibration_for(first, data=data, train=splits["train"])  # every run records the same images
     column = f"test_top1_bn{args.bn_batches}"
     rows = []
     for path in [uniform, *runs]:
@@ -63,9 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         more = replace(policy, prune=replace(policy.prune, bn_batches=args.bn_batches))
         method, seed = ("uniform", -1) if path == uniform else path.parent.name.rsplit("-seed", 1)
         rows.append({"method": method, "seed": int(seed),
-                     "test_top1_scored": evaluate(apply_policy(model, policy, calibration=calibration).model,
-                                                  images, labels)["top1"],
-                     column: evaluate(apply_policy(model, more, calibration=calibration).model, images, labels)["top1"]})
+                     "test_top1_scored": evaluator.top1(evaluator.rebuild(policy).model, policy),
+                     column: evaluator.top1(evaluator.rebuild(more).model, more)})
     table = pd.DataFrame(rows)
     atomic_write_text(table.to_csv(index=False), folder / "final_recalibration.csv")
     summary = table.groupby("method", sort=False)[["test_top1_scored", column]].agg(["mean", "std"]) * 100
