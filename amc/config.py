@@ -86,8 +86,11 @@ class PruneConfig:
     """How channels are chosen and how the pruned model is recovered.
 
     granularity: ``channel`` (physical removal) or ``weight`` (masks). criterion: ``l1`` | ``l2`` |
-    ``apoz`` | ``mean_activation`` | ``taylor`` | ``random``. reconstruct: least-squares refit of
-    the consumers of pruned groups. bn_batches: calibration batches used to re-estimate BatchNorm
+    ``apoz`` | ``mean_activation`` | ``taylor`` | ``random``. reconstruct: least-squares refit after
+    pruning. reconstruction: ``consumers`` (AMC: the layers reading a pruned group, each on the dense
+    model's input restricted to the kept channels; statistics gathered once) | ``sequential`` (every
+    conv/linear layer whose input changed, in forward order, on the pruned model's own inputs; one
+    forward pass over all calibration images at once per pruning; :mod:`amc.prune.recovery`). bn_batches: calibration batches used to re-estimate BatchNorm
     statistics (0 = off; their size is ``CalibrationConfig.batch_size``). points_per_image: sampled conv
     output positions per image for the least squares (0 = all). ridge: relative ridge term. seed: seeds
     the random criterion and position sampling. channels_last: compact models in channels-last memory
@@ -106,6 +109,7 @@ class PruneConfig:
     granularity: str = "channel"
     criterion: str = "l1"
     reconstruct: bool = True
+    reconstruction: str = "consumers"
     bn_batches: int = 1
     points_per_image: int = 10
     ridge: float = 1e-4
@@ -283,6 +287,7 @@ CRITERIA = ("l1", "l2", "apoz", "mean_activation", "taylor", "random")
 COSTS = ("macs", "flops", "params", "latency")
 BUDGET_RULES = ("clamp", "scale")
 BN_SCOPES = ("all", "reconstructed")
+RECONSTRUCTIONS = ("consumers", "sequential")
 ALGORITHMS = ("ddpg", "td3", "sac", "random", "tpe")
 DATASETS = ("cifar10", "cifar100", "folder", "digits", "synthetic")
 
@@ -351,6 +356,7 @@ _RULES: dict[type, dict[str, tuple]] = {
                   "ridge": (lambda x: _finite(x) and x >= 0, "a finite number >= 0"),
                   "seed": (lambda x: _whole(x, 0), "a whole number >= 0"),
                   "bn_scope": (lambda x: x in BN_SCOPES, " | ".join(BN_SCOPES)),
+                  "reconstruction": (lambda x: x in RECONSTRUCTIONS, " | ".join(RECONSTRUCTIONS)),
                   "eval_batch_mib": _RATE},
     EnvConfig: {"cost": (lambda x: x in COSTS, " | ".join(COSTS)), "target": _FRACTION,
                 "mode": (lambda x: x in ("constrained", "accuracy"), "constrained | accuracy"),

@@ -171,7 +171,8 @@ class Policy:
                 prune = PruneConfig(criterion=saved.get("criterion", "l1"))
                 calibration, data, cost = CalibrationConfig(), None, {"name": "macs", "definition": d.get("flops_definition")}
             else:
-                prune = from_dict(PruneConfig, d.get("prune"), f"{source}: prune")
+                # files written before ``reconstruction`` existed were all scored with the consumers' least squares
+                prune = from_dict(PruneConfig, {"reconstruction": "consumers", **(d.get("prune") or {})}, f"{source}: prune")
                 calibration = from_dict(CalibrationConfig, d.get("calibration"), f"{source}: calibration")
                 data = from_dict(DataConfig, d["data"], f"{source}: data") if d.get("data") else None
                 cost = d.get("cost", {})

@@ -54,6 +54,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--criterion", "prune", "criterion", str, "channel importance criterion (default l1)",
          choices=("l1", "l2", "apoz", "mean_activation", "taylor", "random")),
     Flag("--reconstruct", "prune", "reconstruct", BOOL, "least-squares reconstruction of the consumers (default on)"),
+    Flag("--reconstruction", "prune", "reconstruction", str, "least squares on the dense model's inputs for the "
+         "consumers of pruned groups (AMC), or on the pruned model's own inputs for every layer in forward order "
+         "(default consumers)", choices=("consumers", "sequential")),
     Flag("--granularity", "prune", "granularity", str, "channel: AMC (channels removed for real); weight: fine-grained "
          "AMC (per-layer weight sparsity with masks; give --cost params and a low --lbound, e.g. 0.05)",
          choices=("channel", "weight")),

@@ -5,8 +5,9 @@ its :class:`~amc.structure.DependencyGraph`, the :class:`~amc.config.PruneConfig
 images, the calibration statistics and the criterion's per-group scores (both computed once,
 lazily). :meth:`PruningEngine.select` turns counts into a :class:`~amc.selection.Selection`;
 :meth:`PruningEngine.prune` executes it with a pruner (physical channel removal, or masks for
-``granularity="weight"``), reconstructs the consumers by least squares and recalibrates BatchNorm,
-reporting the seconds of each step.
+``granularity="weight"``), reconstructs by least squares (the consumers of pruned groups on the dense
+model's inputs, or every layer in forward order on the pruned model's own inputs: ``cfg.reconstruction``)
+and recalibrates BatchNorm, reporting the seconds of each step.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from ..stats_cache import StatsCache
 from ..structure import DependencyGraph, GroupName, Keep
 from .channel import ChannelPruner
 from .mask import MaskPruner
-from .recovery import batchnorms_after, reconstruct, recalibrate_batchnorm
+from .recovery import (LayerTarget, batchnorms_after, dense_targets, reconstruct, reconstruct_sequentially,
+                       recalibrate_batchnorm, refittable_layers)
 
 
 def needs_calibration(cfg: PruneConfig) -> bool:
@@ -66,11 +68,15 @@ class PruningEngine:
             raise AmcError(f"bn_batches, points_per_image and ridge must be >= 0, got {cfg}")
         if cfg.bn_scope not in ("all", "reconstructed"):
             raise AmcError(f"unknown bn_scope '{cfg.bn_scope}' (choose all or reconstructed)")
+        if cfg.reconstruction not in ("consumers", "sequential"):
+            raise AmcError(f"unknown reconstruction '{cfg.reconstruction}' (choose consumers or sequential)")
         self.model, self.graph, self.cfg = model.eval(), graph, cfg
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.criterion = criterion(cfg.criterion)
         self.reconstructs = cfg.reconstruct and cfg.granularity == "channel"
-        self.needs = self.criterion.needs | (Needs.GRAM if self.reconstructs else Needs.NOTHING)
+        self.sequential = self.reconstructs and cfg.reconstruction == "sequential"
+        gram = self.reconstructs and not self.sequential
+        self.needs = self.criterion.needs | (Needs.GRAM if gram else Needs.NOTHING)
         if needs_calibration(cfg) and (calibration is None or len(calibration) == 0):
             raise AmcError("least-squares reconstruction, BatchNorm recalibration and activation or gradient criteria "
                            "need calibration images (give data, or turn reconstruction and recalibration off)")
@@ -82,6 +88,7 @@ class PruningEngine:
         self.cache = cache
         self._scores: dict[GroupName, torch.Tensor] = {}
         self._bn_after: dict[str, str] | None = None
+        self._targets: dict[str, LayerTarget] | None = None
         self.setup_seconds = 0.0
 
     @property
@@ -103,13 +110,22 @@ class PruningEngine:
             self.setup_seconds += time.perf_counter() - start
         return self._stats
 
-    def batchnorms_to_recalibrate(self, selection: Selection) -> list[str] | None:
-        """None (all) for ``bn_scope="all"``; else the BatchNorms right after the layers least squares refits."""
+    @property
+    def targets(self) -> dict[str, LayerTarget]:
+        """The dense layers' outputs that sequential least squares reproduces (computed on first use)."""
+        if self._targets is None:
+            start = time.perf_counter()
+            self._targets = dense_targets(self.model, refittable_layers(self.model, self.graph), self.calibration.images,
+                                          self.cfg.points_per_image, self.cfg.seed)
+            self.setup_seconds += time.perf_counter() - start
+        return self._targets
+
+    def batchnorms_to_recalibrate(self, refitted: set[str]) -> list[str] | None:
+        """None (all) for ``bn_scope="all"``; else the BatchNorms right after the ``refitted`` layers."""
         if self.cfg.bn_scope == "all" or not self.reconstructs:
             return None
         if self._bn_after is None:
             self._bn_after = batchnorms_after(self.model, self.calibration.images[:1])
-        refitted = {c for name in selection.kept for c in self.graph.group[name].consumers}
         return [bn for bn, producer in self._bn_after.items() if producer in refitted]
 
     def scores(self, group: GroupName) -> torch.Tensor:
@@ -149,14 +165,19 @@ class PruningEngine:
         small = self.pruner.apply(self.model, selection).to(memory_format=self.memory_format)
         timings["prune"] = time.perf_counter() - start
         start = time.perf_counter()
-        if self.reconstructs and selection.kept:
+        refitted: set[str] = set()
+        if self.sequential and selection.kept:
+            refitted = set(reconstruct_sequentially(small, self.graph, selection.sorted().kept, self.targets,
+                                                    self.calibration.images, self.cfg.ridge))
+        elif self.reconstructs and selection.kept:
             reconstruct(small, dict(self.model.named_modules()), self.graph, selection.sorted().kept, self.stats.gram,
                         self.cfg.ridge)
+            refitted = {c for name in selection.kept for c in self.graph.group[name].consumers}
         timings["reconstruct"] = time.perf_counter() - start
         start = time.perf_counter()
         if self.cfg.bn_batches > 0 and (selection.kept or selection.masks):
             recalibrate_batchnorm(small, (x for x, _ in self.calibration.batches(self.cfg.bn_batches)),
-                                  self.batchnorms_to_recalibrate(selection))
+                                  self.batchnorms_to_recalibrate(refitted))
         timings["bn_recalibration"] = time.perf_counter() - start
         return PruneResult(small.eval(), selection, timings)
 

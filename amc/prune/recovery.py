@@ -1,6 +1,6 @@
-"""Recovery after pruning: least-squares reconstruction of consumers and BatchNorm recalibration.
+"""Recovery after pruning: least-squares reconstruction and BatchNorm recalibration.
 
-Least squares (AMC's channel-pruning step):
+Least squares, ``reconstruction="consumers"`` (AMC's channel-pruning step):
 
 Given the Gram matrix G = X^T X of the layer's dense input samples X (im2col columns for convs),
 the weights W' over the kept columns K that best reproduce the dense outputs Y = X W^T solve
@@ -9,12 +9,23 @@ the weights W' over the kept columns K that best reproduce the dense outputs Y =
 
 (AMC's channel-pruning step; the bias is unchanged because Y excludes it). ``lambda`` is
 ``ridge`` times the mean diagonal of G[K, K].
+
+Least squares, ``reconstruction="sequential"`` (on the pruned model's own inputs, as in ThiNet and He et
+al.'s channel pruning): every conv and linear layer whose input differs from the dense model's (a consumer of
+a pruned group, or anything after one) is refitted in forward order, so that from the input X' the pruned
+model actually feeds it, it reproduces the dense layer's kept outputs Y (bias excluded) at the same sampled
+positions: (X'^T X' + lambda I) W'^T = X'^T Y, solved per conv group. Each refit sees the errors left by
+the layers before it and corrects them, instead of each layer assuming an undamaged input. It costs one
+forward pass of the pruned model over all calibration images at once (their activations must fit in
+memory) per pruning; the dense targets are computed once (:func:`dense_targets`).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..structure import DependencyGraph, Kept
@@ -68,6 +79,141 @@ def reconstruct(small: nn.Module, dense_modules: Mapping[str, nn.Module], graph:
         weight = least_squares_weight(dense.weight, gram[name], in_idx, ridge, getattr(dense, "groups", 1))
         with torch.no_grad():
             modules[name].weight.copy_(weight.index_select(0, out_idx.to(weight.device)))
+
+
+@dataclass
+class LayerTarget:
+    """The dense layer's outputs to reproduce: ``positions`` (N images, P sampled positions per image, flat
+    output-position indices) and ``outputs`` (N * P, out features), without bias."""
+
+    positions: torch.Tensor
+    outputs: torch.Tensor
+
+
+def refittable_layers(model: nn.Module, graph: DependencyGraph) -> list[str]:
+    """Names of ``model``'s conv (2-d) and linear layers that ``graph`` knows, which sequential least squares refits."""
+    return [name for name, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and name in graph.layer]
+
+
+def _positions(m: nn.Module, out: torch.Tensor) -> int:
+    """Output positions per image of layer ``m`` for its output ``out``."""
+    return out[0, 0].numel() if isinstance(m, nn.Conv2d) else out[0].numel() // out.shape[-1]
+
+
+def _sampled_outputs(m: nn.Module, out: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(N * P, out features) of ``out`` at ``positions`` (N, P), bias removed."""
+    flat = out.flatten(2) if isinstance(m, nn.Conv2d) else out.reshape(len(out), -1, out.shape[-1]).transpose(1, 2)
+    picked = flat.gather(2, positions.unsqueeze(1).expand(-1, flat.shape[1], -1))  # (N, out, P)
+    picked = picked.transpose(1, 2).reshape(-1, flat.shape[1])
+    return picked - m.bias.detach() if m.bias is not None else picked
+
+
+def sampled_inputs(m: nn.Module, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(N * P, in features * kernel positions) input samples of ``m`` that produce its outputs at ``positions``
+    (N, P): im2col patches (channel major, as ``weight.reshape(out, -1)``) of a conv, rows of a linear."""
+    if isinstance(m, nn.Linear):
+        rows = x.reshape(len(x), -1, x.shape[-1])
+        return rows.gather(1, positions.unsqueeze(2).expand(-1, -1, rows.shape[2])).reshape(-1, rows.shape[2])
+    if isinstance(m.padding, str):  # "same"/"valid": let unfold work out the geometry
+        cols = F.unfold(x, m.kernel_size, m.dilation, 0 if m.padding == "valid" else
+                        tuple(d * (k - 1) // 2 for d, k in zip(m.dilation, m.kernel_size)), m.stride)
+        return cols.gather(2, positions.unsqueeze(1).expand(-1, cols.shape[1], -1)).transpose(1, 2).reshape(-1, cols.shape[1])
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = m.kernel_size, m.stride, m.dilation, m.padding
+    padded = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1)  # (N, H, W, C): one gather per patch
+    out_w = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    oy, ox = positions // out_w, positions % out_w
+    image = torch.arange(len(x), device=x.device).view(-1, 1, 1, 1)
+    iy = (oy * sh).unsqueeze(-1).unsqueeze(-1) + (torch.arange(kh, device=x.device) * dh).view(-1, 1)
+    ix = (ox * sw).unsqueeze(-1).unsqueeze(-1) + (torch.arange(kw, device=x.device) * dw).view(1, -1)
+    patches = padded[image, iy, ix]  # (N, P, kh, kw, C)
+    return patches.permute(0, 1, 4, 2, 3).reshape(-1, x.shape[1] * kh * kw)
+
+
+def dense_targets(model: nn.Module, layers: list[str], images: torch.Tensor, points_per_image: int = 10,
+                  seed: int = 0) -> dict[str, LayerTarget]:
+    """One forward pass of the dense ``model`` over ``images``: for each of ``layers``, ``points_per_image``
+    random output positions per image (0 = all) and its outputs there (a layer run twice: its first call)."""
+    gen = torch.Generator().manual_seed(seed)
+    modules = dict(model.named_modules())
+    targets: dict[str, LayerTarget] = {}
+
+    def record(name):
+        def hook(m, inputs, out):
+            if name in targets:
+                return
+            count = _positions(m, out)
+            if 0 < points_per_image < count:
+                pos = torch.stack([torch.randperm(count, generator=gen)[:points_per_image] for _ in range(len(out))])
+            else:
+                pos = torch.arange(count).expand(len(out), -1)
+            pos = pos.to(out.device)
+            targets[name] = LayerTarget(pos, _sampled_outputs(m, out, pos).float())
+        return hook
+
+    handles = [modules[name].register_forward_hook(record(name)) for name in layers]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(images)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return targets
+
+
+def _solve_grouped(x: torch.Tensor, y: torch.Tensor, groups: int, ridge: float) -> torch.Tensor:
+    """W (out, in per group) minimising |x W^T - y|^2 + ridge-term, each conv group on its own columns and rows."""
+    xg = x.reshape(len(x), groups, -1).transpose(0, 1)  # (G, S, F)
+    yg = y.reshape(len(y), groups, -1).transpose(0, 1)  # (G, S, O)
+    a = (xg.transpose(1, 2) @ xg).double()
+    scale = a.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12) * ridge
+    a = a + scale.view(-1, 1, 1) * torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    b = (xg.transpose(1, 2) @ yg).double()
+    return torch.linalg.solve(a, b).transpose(1, 2).reshape(len(y[0]), -1)  # (out, in per group)
+
+
+def reconstruct_sequentially(small: nn.Module, graph: DependencyGraph, kept: Kept, targets: Mapping[str, LayerTarget],
+                             images: torch.Tensor, ridge: float = 1e-4) -> list[str]:
+    """Refit, in place and in forward order, ``small``'s layers of ``targets`` whose input may differ from the
+    dense model's (on the pruned model's own inputs; see the module docstring); returns their names.
+
+    ``kept``: the executed selection (sorted kept indices per group); ``targets``: :func:`dense_targets` of
+    the dense model on the same ``images``.
+    """
+    modules = dict(small.named_modules())
+    consumers = {c for name in kept for c in graph.group[name].consumers}
+    changed, refitted = False, []
+
+    def before(name):
+        def hook(m, inputs):
+            nonlocal changed
+            if name in refitted or not (changed or name in consumers):
+                return
+            target = targets[name]
+            out_idx = graph.feature_index(graph.layer[name].out_layout, kept).to(target.outputs.device)
+            x = sampled_inputs(m, inputs[0], target.positions).float()
+            w = _solve_grouped(x, target.outputs.index_select(1, out_idx), getattr(m, "groups", 1), ridge)
+            m.weight.copy_(w.reshape(m.weight.shape).to(m.weight.dtype))
+            refitted.append(name)
+        return hook
+
+    def after(name):
+        def hook(m, inputs, out):
+            nonlocal changed
+            changed = changed or name in refitted or out.shape[1 if isinstance(m, nn.Conv2d) else -1] < len(
+                targets[name].outputs[0])
+        return hook
+
+    handles = [h for name in targets for h in (modules[name].register_forward_pre_hook(before(name)),
+                                               modules[name].register_forward_hook(after(name)))]
+    try:
+        recalibrate_batchnorm(small, [images])
+    finally:
+        for h in handles:
+            h.remove()
+    return refitted
 
 
 def batchnorms_after(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
