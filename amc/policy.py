@@ -172,6 +172,7 @@ class Policy:
                 calibration, data, cost = CalibrationConfig(), None, {"name": "macs", "definition": d.get("flops_definition")}
             else:
                 # files written before ``reconstruction`` existed were all scored with the consumers' least squares
+                # (and recorded bn_batches)
                 prune = from_dict(PruneConfig, {"reconstruction": "consumers", **(d.get("prune") or {})}, f"{source}: prune")
                 calibration = from_dict(CalibrationConfig, d.get("calibration"), f"{source}: calibration")
                 data = from_dict(DataConfig, d["data"], f"{source}: data") if d.get("data") else None

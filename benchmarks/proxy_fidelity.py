@@ -15,6 +15,9 @@ recovery differs. Each policy is scored on the search split under every recovery
 ``ls+bn-reconstructed``     least squares, then only the BatchNorms right after refitted layers
 ``adaptive-bn``             EagleEye's adaptive BN: no least squares, 20 batches (2,000 images)
 ``ls+adaptive-bn``          least squares, then 20 batches of BN recalibration
+``seq-ls``                  sequential least squares (every changed layer in forward order, on the pruned
+                            model's own inputs), BatchNorm re-estimated in its pass over the 500 images
+``seq-ls-250images``        the same on 250 calibration images
 ==========================  =====================================================================
 
 and at search-split sizes 250, 500, 1000 and 2000 (the first N images of the same split, from one pass
@@ -59,6 +62,8 @@ VARIANTS = {  # name: (PruneConfig changes, CalibrationConfig changes)
     "ls+bn-reconstructed": ({"reconstruct": True, "bn_batches": 2, "bn_scope": "reconstructed"}, {"images": 500}),
     "adaptive-bn": ({"reconstruct": False, "bn_batches": 20}, {"images": 2000}),
     "ls+adaptive-bn": ({"reconstruct": True, "bn_batches": 20}, {"images": 2000}),
+    "seq-ls": ({"reconstruct": True, "reconstruction": "sequential", "bn_batches": 0}, {"images": 500}),
+    "seq-ls-250images": ({"reconstruct": True, "reconstruction": "sequential", "bn_batches": 0}, {"images": 250}),
 }
 APPLIED = "ls+bn"  # how the fine-tuned models are pruned (what `amc apply` does by default)
 

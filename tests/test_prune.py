@@ -4,13 +4,14 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from amc.calibration import CalibrationSet, Needs, collect_stats
-from amc.config import PruneConfig
+from amc.config import PruneConfig, replace, validate
 from amc.cost import MacsCost
 from amc.errors import AmcError
 from amc.importance import CRITERIA, ScoringContext, criterion
 from amc.io import channel_manifest, resize_to_manifest
 from amc.models import ModelSpec, build_model
 from amc.prune import ChannelPruner, MaskPruner, PruningEngine, fold_masks, least_squares_weight, sparsity
+from amc.prune.recovery import dense_targets, refittable_layers, sampled_inputs
 from amc.ratios import allowed_counts, channels_for_ratio, largest_count_at_most
 from amc.selection import Selection, top_channels
 from amc.structure import trace
@@ -168,9 +169,9 @@ def test_bn_scope_reconstructed_recalibrates_only_the_batchnorms_after_refitted_
     inner = graph.prunable[0]  # a block's inner group: its consumer conv2 is refitted, bn2 follows it
     keep = {inner.name: inner.channels // 2}
     refitted = set(inner.consumers)
-    cfg = PruneConfig(channels_last=False, bn_scope="reconstructed")
+    cfg = PruneConfig(channels_last=False, bn_scope="reconstructed", reconstruction="consumers", bn_batches=1)
     engine = PruningEngine(model, graph, cfg, calib)
-    chosen = engine.batchnorms_to_recalibrate(engine.select(keep))
+    chosen = engine.batchnorms_to_recalibrate(refitted)
     assert chosen and all(engine._bn_after[bn] in refitted for bn in chosen)
     small = engine.prune_keep(keep).model
     dense_bn = {n: m for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
@@ -178,7 +179,7 @@ def test_bn_scope_reconstructed_recalibrates_only_the_batchnorms_after_refitted_
         if isinstance(m, nn.BatchNorm2d) and m.running_mean.shape == dense_bn[name].running_mean.shape:
             same = torch.equal(m.running_mean, dense_bn[name].running_mean)
             assert same == (name not in chosen), name  # re-estimated exactly where chosen
-    everything = PruningEngine(model, graph, PruneConfig(channels_last=False), calib).prune_keep(keep).model
+    everything = PruningEngine(model, graph, replace(cfg, bn_scope="all"), calib).prune_keep(keep).model
     changed = [n for n, m in everything.named_modules() if isinstance(m, nn.BatchNorm2d)
                and m.running_mean.shape == dense_bn[n].running_mean.shape
                and not torch.equal(m.running_mean, dense_bn[n].running_mean)]
@@ -233,6 +234,9 @@ def test_mask_pruner_is_torch_prune_compatible_and_masks_survive_an_optimizer_st
     assert 0 < sparsity(masked) < 0.5
 
 
+CONSUMERS = PruneConfig(reconstruction="consumers")  # gathers Gram matrices (the statistics the cache keeps)
+
+
 def test_stats_cache_serves_equal_statistics_without_recomputing_and_never_stale(tmp_path, monkeypatch):
     import amc.prune.engine as engine_module
     from amc.stats_cache import StatsCache
@@ -245,23 +249,23 @@ def test_stats_cache_serves_equal_statistics_without_recomputing_and_never_stale
     real = engine_module.collect_stats
     monkeypatch.setattr(engine_module, "collect_stats", lambda *a, **k: calls.append(1) or real(*a, **k))
     cache = StatsCache(tmp_path / "cache")
-    first = PruningEngine(model, graph, PruneConfig(), calib, cache).stats
-    second = PruningEngine(model, graph, PruneConfig(), calib, cache).stats
+    first = PruningEngine(model, graph, CONSUMERS, calib, cache).stats
+    second = PruningEngine(model, graph, CONSUMERS, calib, cache).stats
     assert len(calls) == 1 and second.gram.keys() == first.gram.keys()
     assert all(torch.equal(first.gram[k], second.gram[k]) for k in first.gram)
-    PruningEngine(model, graph, PruneConfig(), CalibrationSet(calib.images + 1e-3, batch_size=20), cache).stats
-    PruningEngine(model, graph, PruneConfig(points_per_image=3), calib, cache).stats
+    PruningEngine(model, graph, CONSUMERS, CalibrationSet(calib.images + 1e-3, batch_size=20), cache).stats
+    PruningEngine(model, graph, replace(CONSUMERS, points_per_image=3), calib, cache).stats
     assert len(calls) == 3  # other images, other sampling: other keys
     # the sampled positions follow the batch order: another batch size gathers other Gram matrices,
     # and serving the cached ones would score a model that apply_policy (no cache) does not rebuild
     halves = CalibrationSet(calib.images, batch_size=10)
-    served = PruningEngine(model, graph, PruneConfig(), halves, cache).stats
-    fresh = PruningEngine(model, graph, PruneConfig(), halves, None).stats
+    served = PruningEngine(model, graph, CONSUMERS, halves, cache).stats
+    fresh = PruningEngine(model, graph, CONSUMERS, halves, None).stats
     assert len(calls) == 5 and all(torch.equal(served.gram[k], fresh.gram[k]) for k in fresh.gram)
     assert any(not torch.equal(first.gram[k], fresh.gram[k]) for k in fresh.gram)
     for f in (tmp_path / "cache").glob("stats-*.pt"):
         f.write_bytes(b"torn")
-    again = PruningEngine(model, graph, PruneConfig(), calib, cache).stats
+    again = PruningEngine(model, graph, CONSUMERS, calib, cache).stats
     assert len(calls) == 6 and all(torch.equal(first.gram[k], again.gram[k]) for k in first.gram)
 
 
@@ -273,3 +277,86 @@ def test_stats_cache_key_tells_devices_apart(tmp_path):
     model, calib = build_model(ModelSpec("resnet8")), CalibrationSet(torch.randn(8, 3, 32, 32), batch_size=4)
     cache = StatsCache(tmp_path)
     assert cache.stats_key(model, calib, {}) != cache.stats_key(model, calib.to("cuda"), {})
+
+
+@pytest.mark.parametrize("layer", [nn.Conv2d(4, 6, 3, 1, 1), nn.Conv2d(4, 6, 3, 2, 1), nn.Conv2d(4, 6, 5, 1, 2, dilation=1),
+                                   nn.Conv2d(4, 6, 3, 1, 2, dilation=2), nn.Conv2d(4, 6, 1, 2, 0), nn.Conv2d(4, 6, 3, 2, 0),
+                                   nn.Conv2d(4, 6, 3, 1, "same"), nn.Conv2d(4, 4, 3, 1, 1, groups=4), nn.Linear(4, 6)])
+def test_sampled_inputs_are_the_patches_that_produce_the_sampled_outputs(layer):
+    """Every sampled row times the weight must give the layer's output at that position (wrong patch
+    geometry or column order fails)."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 9, 9) if isinstance(layer, nn.Conv2d) else torch.randn(3, 5, 4)
+    out = layer(x).detach()
+    target = dense_targets(nn.Sequential(layer), ["0"], x, points_per_image=7, seed=1)["0"]
+    count = out[0, 0].numel() if isinstance(layer, nn.Conv2d) else 5
+    points = target.positions.shape[1]
+    assert points == min(7, count) and len(target.positions.unique()) > 3  # all positions when fewer than asked
+    rows = sampled_inputs(layer, x, target.positions)
+    groups = getattr(layer, "groups", 1)
+    w = layer.weight.detach().reshape(len(layer.weight), -1)
+    xg, wg = rows.reshape(len(rows), groups, -1), w.reshape(groups, -1, w.shape[1])
+    produced = torch.einsum("sgf,gof->sgo", xg, wg).reshape(len(rows), -1)
+    assert torch.allclose(produced, target.outputs, atol=1e-5)
+    flat = out.flatten(2) if isinstance(layer, nn.Conv2d) else out.transpose(1, 2)
+    n, p = 1, points - 1  # one entry checked against the layer's own output
+    assert torch.allclose(target.outputs[n * points + p] + layer.bias.detach(), flat[n, :, target.positions[n, p]], atol=1e-5)
+
+
+def _output_error(model, graph, keep, calib, x, cfg):
+    with torch.no_grad():
+        return (PruningEngine(model, graph, cfg, calib).prune_keep(keep).model(x) - model(x)).pow(2).mean().item()
+
+
+@pytest.mark.parametrize("name", ["resnet8", "mobilenet_v2"])
+def test_sequential_least_squares_beats_consumers_and_refits_after_the_first_pruned_layer(name):
+    torch.manual_seed(0)
+    model = randomize_bn(build_model(ModelSpec(name, 10, (3, 16, 16)))).eval()
+    graph = trace(model, (3, 16, 16))
+    calib, x = CalibrationSet(torch.randn(64, 3, 16, 16), batch_size=32), torch.randn(32, 3, 16, 16)
+    keep = {g.name: max(1, g.channels // 2) for g in graph.prunable[1:]}  # the first group stays whole
+    consumers = PruneConfig(bn_batches=2, channels_last=False, reconstruction="consumers")
+    sequential = replace(consumers, reconstruction="sequential")
+    assert _output_error(model, graph, keep, calib, x, sequential) < 0.8 * _output_error(model, graph, keep, calib, x, consumers)
+    engine = PruningEngine(model, graph, sequential, calib)
+    small = engine.prune_keep(keep).model
+    again = engine.prune_keep(keep).model
+    assert all(torch.equal(a, b) for a, b in zip(small.state_dict().values(), again.state_dict().values()))
+    assert engine.needs == Needs.WEIGHTS or not engine.needs & Needs.GRAM  # no Gram matrices are gathered
+    order = refittable_layers(model, graph)
+    first = min(order.index(c) for g in graph.prunable[1:] for c in g.consumers)
+    sliced = PruningEngine(model, graph, replace(sequential, reconstruct=False, bn_batches=0)).prune_keep(keep).model
+    plain, pruned = dict(sliced.named_modules()), dict(small.named_modules())
+    for i, name in enumerate(order):
+        untouched = torch.equal(plain[name].weight, pruned[name].weight)
+        assert untouched == (i < first), name  # before any pruned input: sliced only; from there on: refitted
+
+
+def test_sequential_least_squares_leaves_batchnorm_statistics_of_the_pruned_model():
+    """With bn_batches=0 the statistics are those of the reconstruction pass over all calibration images."""
+    torch.manual_seed(0)
+    model = randomize_bn(build_model(ModelSpec("resnet8", 10, (3, 16, 16)))).eval()
+    graph = trace(model, (3, 16, 16))
+    calib = CalibrationSet(torch.randn(48, 3, 16, 16), batch_size=16)
+    keep = {g.name: g.channels // 2 for g in graph.prunable}
+    small = PruningEngine(model, graph, PruneConfig(bn_batches=0, channels_last=False, reconstruction="sequential"),
+                          calib).prune_keep(keep).model
+    seen = {}
+    bn = small.layer1[0].bn2
+    handle = bn.register_forward_pre_hook(lambda m, i: seen.__setitem__("x", i[0]))
+    with torch.no_grad():
+        small(calib.images)
+    handle.remove()
+    assert torch.allclose(bn.running_mean, seen["x"].mean(dim=(0, 2, 3)), atol=1e-3)  # not the dense ones
+    assert torch.allclose(bn.running_var, seen["x"].var(dim=(0, 2, 3)), rtol=1e-3)
+
+
+def test_unknown_reconstruction_is_refused():
+    model = build_model(ModelSpec("resnet8"))
+    with pytest.raises(AmcError, match="reconstruction"):
+        PruningEngine(model, trace(model, (3, 32, 32)), PruneConfig(reconstruction="global"), CalibrationSet(torch.randn(4, 3, 32, 32)))
+    with pytest.raises(AmcError, match="consumers | sequential"):
+        validate(PruneConfig(reconstruction="global"))
+    with pytest.raises(AmcError, match="sequential least squares re-estimates every BatchNorm"):
+        PruningEngine(model, trace(model, (3, 32, 32)), PruneConfig(bn_scope="reconstructed"),
+                      CalibrationSet(torch.randn(4, 3, 32, 32)))

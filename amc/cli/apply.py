@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     print_table(rows, ["model", "macs", "params", "macs_ratio", "params_ratio", "test_top1"])
     save_model(args.out, compact.cpu(), spec, policy=policy.to_dict(),
                apply_report={"rows": rows, "seconds": time.perf_counter() - started, "command": command_line(),
-                             "recovery": {"reconstruct": prune.reconstruct, "bn_batches": prune.bn_batches}})
+                             "recovery": {"reconstruct": prune.reconstruct, "reconstruction": prune.reconstruction,
+                                          "bn_batches": prune.recalibration_batches}})
     print(f"pruned model: {args.out} (load with amc.io.open_model(None, '{args.out}'))")
     if args.onnx:
         print(f"ONNX {args.onnx}: {export_onnx(compact.cpu().eval(), spec.input_shape, args.onnx)}")

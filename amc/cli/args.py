@@ -53,14 +53,16 @@ FLAGS: tuple[Flag, ...] = (
     # prune
     Flag("--criterion", "prune", "criterion", str, "channel importance criterion (default l1)",
          choices=("l1", "l2", "apoz", "mean_activation", "taylor", "random")),
-    Flag("--reconstruct", "prune", "reconstruct", BOOL, "least-squares reconstruction of the consumers (default on)"),
+    Flag("--reconstruct", "prune", "reconstruct", BOOL, "least-squares reconstruction (default on; --reconstruction says which)"),
     Flag("--reconstruction", "prune", "reconstruction", str, "least squares on the dense model's inputs for the "
          "consumers of pruned groups (AMC), or on the pruned model's own inputs for every layer in forward order "
-         "(default consumers)", choices=("consumers", "sequential")),
+         "(default sequential)", choices=("consumers", "sequential")),
     Flag("--granularity", "prune", "granularity", str, "channel: AMC (channels removed for real); weight: fine-grained "
          "AMC (per-layer weight sparsity with masks; give --cost params and a low --lbound, e.g. 0.05)",
          choices=("channel", "weight")),
-    Flag("--bn-batches", "prune", "bn_batches", int, "calibration batches for BatchNorm recalibration (default 1; 0 = off)"),
+    Flag("--bn-batches", "prune", "bn_batches", int, "calibration batches of a BatchNorm recalibration after the "
+         "least squares (0 = off; default 0 after sequential least squares, which re-estimates BatchNorm in its "
+         "own pass, else 1)"),
     Flag("--bn-scope", "prune", "bn_scope", str, "BatchNorms to recalibrate: all, or only those right after a layer "
          "the least squares refitted (default all)", choices=("all", "reconstructed")),
     Flag("--points-per-image", "prune", "points_per_image", int, "sampled positions per image for least squares (default 10; 0 = all)"),

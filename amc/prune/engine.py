@@ -34,7 +34,7 @@ from .recovery import (LayerTarget, batchnorms_after, dense_targets, reconstruct
 def needs_calibration(cfg: PruneConfig) -> bool:
     """Whether pruning as ``cfg`` says needs calibration images (data criteria, least squares, BN recalibration)."""
     data_criterion = bool(criterion(cfg.criterion).needs & (Needs.ACTIVATIONS | Needs.GRADIENTS))
-    return data_criterion or (cfg.reconstruct and cfg.granularity == "channel") or cfg.bn_batches > 0
+    return data_criterion or (cfg.reconstruct and cfg.granularity == "channel") or cfg.recalibration_batches > 0
 
 
 @dataclass
@@ -64,17 +64,20 @@ class PruningEngine:
                  calibration: CalibrationSet | None = None, cache: StatsCache | None = None):
         if cfg.granularity not in ("channel", "weight"):
             raise AmcError(f"unknown granularity '{cfg.granularity}' (choose channel or weight)")
-        if cfg.bn_batches < 0 or cfg.points_per_image < 0 or not cfg.ridge >= 0:
+        if cfg.recalibration_batches < 0 or cfg.points_per_image < 0 or not cfg.ridge >= 0:
             raise AmcError(f"bn_batches, points_per_image and ridge must be >= 0, got {cfg}")
         if cfg.bn_scope not in ("all", "reconstructed"):
             raise AmcError(f"unknown bn_scope '{cfg.bn_scope}' (choose all or reconstructed)")
         if cfg.reconstruction not in ("consumers", "sequential"):
             raise AmcError(f"unknown reconstruction '{cfg.reconstruction}' (choose consumers or sequential)")
+        if cfg.sequential and cfg.bn_scope != "all":
+            raise AmcError("bn_scope 'reconstructed' needs reconstruction 'consumers': sequential least squares "
+                           "re-estimates every BatchNorm in its pass")
         self.model, self.graph, self.cfg = model.eval(), graph, cfg
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.criterion = criterion(cfg.criterion)
         self.reconstructs = cfg.reconstruct and cfg.granularity == "channel"
-        self.sequential = self.reconstructs and cfg.reconstruction == "sequential"
+        self.sequential = cfg.sequential
         gram = self.reconstructs and not self.sequential
         self.needs = self.criterion.needs | (Needs.GRAM if gram else Needs.NOTHING)
         if needs_calibration(cfg) and (calibration is None or len(calibration) == 0):
@@ -175,8 +178,8 @@ class PruningEngine:
             refitted = {c for name in selection.kept for c in self.graph.group[name].consumers}
         timings["reconstruct"] = time.perf_counter() - start
         start = time.perf_counter()
-        if self.cfg.bn_batches > 0 and (selection.kept or selection.masks):
-            recalibrate_batchnorm(small, (x for x, _ in self.calibration.batches(self.cfg.bn_batches)),
+        if self.cfg.recalibration_batches > 0 and (selection.kept or selection.masks):
+            recalibrate_batchnorm(small, (x for x, _ in self.calibration.batches(self.cfg.recalibration_batches)),
                                   self.batchnorms_to_recalibrate(refitted))
         timings["bn_recalibration"] = time.perf_counter() - start
         return PruneResult(small.eval(), selection, timings)

@@ -165,8 +165,8 @@ def dense_targets(model: nn.Module, layers: list[str], images: torch.Tensor, poi
 
 def _solve_grouped(x: torch.Tensor, y: torch.Tensor, groups: int, ridge: float) -> torch.Tensor:
     """W (out, in per group) minimising |x W^T - y|^2 + ridge-term, each conv group on its own columns and rows."""
-    xg = x.reshape(len(x), groups, -1).transpose(0, 1)  # (G, S, F)
-    yg = y.reshape(len(y), groups, -1).transpose(0, 1)  # (G, S, O)
+    xg = x.double().reshape(len(x), groups, -1).transpose(0, 1)  # (G, S, F)
+    yg = y.double().reshape(len(y), groups, -1).transpose(0, 1)  # (G, S, O)
     a = (xg.transpose(1, 2) @ xg).double()
     scale = a.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12) * ridge
     a = a + scale.view(-1, 1, 1) * torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
