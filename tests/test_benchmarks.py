@@ -115,7 +115,7 @@ def test_final_recalibration_rebuilds_each_best_policy_as_scored_and_with_more_b
     test = load_splits(data, ("test",), image_size=16)["test"]
     images = normalization(data)(test.images)
     policy = Policy.load(tmp_path / "res" / "tiny" / "random-seed1" / "best_policy.json")
-    assert policy.prune.bn_batches == 1  # the search's setting; the final model uses both 30-image batches
+    assert policy.prune.recalibration_batches == 0  # the search's default; the final model adds two 30-image batches
     calibration = calibration_for(policy, data=data)
     more = replace(policy, prune=replace(policy.prune, bn_batches=2))
     for column, p in (("test_top1_scored", policy), ("test_top1_bn2", more)):
