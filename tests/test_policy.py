@@ -80,3 +80,21 @@ def test_schema_1_policies_still_load():
         keep = policy.keep(graph)
         assert len(keep) == len(graph.prunable) and policy.kept() and policy.prune.criterion == "l1"
         assert all(len(policy.kept()[n]) == keep[n] for n in policy.kept())
+
+
+def test_policies_written_before_sequential_least_squares_rebuild_with_the_consumers_least_squares(tmp_path):
+    """Files without ``prune.reconstruction`` were scored with AMC's least squares: loading them must not pick
+    up today's default, or the rebuilt model would differ from the scored one."""
+    _, policy = _policy(prune=PruneConfig(bn_batches=1))
+    d = policy.to_dict()
+    assert d["prune"]["reconstruction"] == "sequential"  # today's default is written out
+    del d["prune"]["reconstruction"]
+    (tmp_path / "old.json").write_text(json.dumps(d))
+    old = Policy.load(tmp_path / "old.json")
+    assert old.prune.reconstruction == "consumers" and old.prune.recalibration_batches == 1
+    policy.save(tmp_path / "new.json")
+    new = Policy.load(tmp_path / "new.json")
+    assert new.prune.reconstruction == "sequential" and new.prune == policy.prune
+    default = _policy()[1]
+    default.save(tmp_path / "default.json")
+    assert Policy.load(tmp_path / "default.json").prune.recalibration_batches == 0  # None round-trips
