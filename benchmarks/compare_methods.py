@@ -295,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-epochs", type=int, default=0)
     p.add_argument("--finetune", choices=("best", "all"), default="best",
                    help="fine-tune each method's best-search-reward seed, or every seed")
+    p.add_argument("--finetune-methods", nargs="+", metavar="METHOD",
+                   help="fine-tune only these methods' runs (e.g. ddpg_clamp; default: every method)")
     p.add_argument("--jobs", type=int, default=1,
                    help="fine-tunes at a time, one process of 1 thread each (interrupted ones resume on a rerun)")
     args = p.parse_args(argv)
@@ -305,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
                          f"{args.jobs} and {args.finetune_epochs}")
     if not folder.is_dir():
         raise SystemExit(f"compare_methods: no folder {folder}")
+    methods = {p.parent.name.rsplit("-seed", 1)[0] for p in folder.glob("*-seed*/best_policy.json")}
+    unknown = sorted(set(args.finetune_methods or ()) - methods)
+    if unknown:
+        raise SystemExit(f"compare_methods: no finished runs of --finetune-methods {', '.join(unknown)} in {folder}")
     finished = sorted(folder.glob("*-seed*/uniform_policy.json"))
     try:  # a plain state_dict checkpoint needs the architecture's name: the one the runs recorded
         evaluator = Evaluator(args.checkpoint, args.data_dir, Policy.load(finished[0]).model["name"] if finished else None)
@@ -334,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     summary["search_reward_std_uniform"] = runs.uniform_search_reward.std()
     if args.finetune_epochs > 0:
         searched = runs[runs.method != "uniform"].sort_values("search_reward", ascending=False)
+        if args.finetune_methods:
+            searched = searched[searched.method.isin(args.finetune_methods)]
         chosen = searched if args.finetune == "all" else searched.groupby("method", sort=False).head(1)
         jobs = {"dense": (first, True), "uniform": (first, False)}  # the longest first
         jobs |= {f"{r.method}-seed{r.seed}": (folder / f"{r.method}-seed{r.seed}" / "best_policy.json", False)
