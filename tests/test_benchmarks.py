@@ -186,3 +186,5 @@ def test_compare_methods_checks_rebuilds_and_reselects_on_the_rest_of_the_holdou
     assert summary.dense_finetuned.iloc[0] == pytest.approx(0.456)
     with pytest.raises(SystemExit, match="--jobs must be at least 1"):
         compare_methods.main([*tune[:-1], "0"])
+    with pytest.raises(SystemExit, match="no finished runs of --finetune-methods ddpg in"):
+        compare_methods.main([*tune, "--finetune-methods", "random", "ddpg"])  # refused before any rebuild
