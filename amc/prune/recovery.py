@@ -15,9 +15,12 @@ al.'s channel pruning): every conv and linear layer whose input differs from the
 a pruned group, or anything after one) is refitted in forward order, so that from the input X' the pruned
 model actually feeds it, it reproduces the dense layer's kept outputs Y (bias excluded) at the same sampled
 positions: (X'^T X' + lambda I) W'^T = X'^T Y, solved per conv group. Each refit sees the errors left by
-the layers before it and corrects them, instead of each layer assuming an undamaged input. It costs one
-forward pass of the pruned model over all calibration images at once (their activations must fit in
-memory) per pruning; the dense targets are computed once (:func:`dense_targets`).
+the layers before it and corrects them, instead of each layer assuming an undamaged input. During that pass
+every BatchNorm normalises with the pruned model's own statistics over the calibration images, and keeps
+them. It costs one forward pass of the pruned model over all calibration images at once (their activations
+must fit in memory) per pruning; the dense targets are computed once (:func:`dense_targets`). The normal
+equations are formed and solved in float64: in float32 the solves amplify rounding enough that a
+channels-last and a contiguous rebuild differ visibly.
 """
 from __future__ import annotations
 
@@ -167,10 +170,10 @@ def _solve_grouped(x: torch.Tensor, y: torch.Tensor, groups: int, ridge: float) 
     """W (out, in per group) minimising |x W^T - y|^2 + ridge-term, each conv group on its own columns and rows."""
     xg = x.double().reshape(len(x), groups, -1).transpose(0, 1)  # (G, S, F)
     yg = y.double().reshape(len(y), groups, -1).transpose(0, 1)  # (G, S, O)
-    a = (xg.transpose(1, 2) @ xg).double()
+    a = xg.transpose(1, 2) @ xg
     scale = a.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12) * ridge
     a = a + scale.view(-1, 1, 1) * torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-    b = (xg.transpose(1, 2) @ yg).double()
+    b = xg.transpose(1, 2) @ yg
     return torch.linalg.solve(a, b).transpose(1, 2).reshape(len(y[0]), -1)  # (out, in per group)
 
 
@@ -188,7 +191,6 @@ def reconstruct_sequentially(small: nn.Module, graph: DependencyGraph, kept: Kep
 
     def before(name):
         def hook(m, inputs):
-            nonlocal changed
             if name in refitted or not (changed or name in consumers):
                 return
             target = targets[name]
