@@ -1,7 +1,8 @@
 """Test top-1 without fine-tuning of every run's best policy rebuilt as scored vs with more BatchNorm batches.
 
-A search scores each policy after re-estimating BatchNorm statistics on one calibration batch (50 images:
-as faithful a ranking as more, at a fraction of the cost; ``proxy-fidelity/``). The model a user deploys
+A search with AMC's recovery (``--reconstruction consumers``) scores each policy after re-estimating BatchNorm
+statistics on one calibration batch (50 images: as faithful a ranking as more, at a fraction of the cost;
+``proxy-fidelity/``); sequential least squares, the default since, re-estimates them on all calibration images. The model a user deploys
 without fine-tuning can afford more: ``amc apply POLICY --bn-batches N`` re-estimates them on N batches of
 the same recorded calibration images (a different model from the scored one, as ``amc apply`` says). For
 the run folders ``results/benchmarks/NAME/METHOD-seed*`` this rebuilds each best policy and the uniform
