@@ -279,6 +279,12 @@ def from_dict(cls: type[T], data: dict | None, source: str = "config") -> T:
     return cls(**values)
 
 
+def recorded_prune(data: dict | None) -> dict:
+    """A ``prune`` section read from a policy or run written earlier, completed as it was scored: before
+    ``reconstruction`` existed every search used the consumers' least squares."""
+    return {"reconstruction": "consumers", **(data or {})}
+
+
 def replace(cfg: T, **changes: Any) -> T:
     """A copy of ``cfg`` with the fields in ``changes`` that are not None replaced."""
     given = {k: v for k, v in changes.items() if v is not None}

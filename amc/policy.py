@@ -30,7 +30,7 @@ from typing import Mapping
 
 import torch
 
-from .config import CalibrationConfig, DataConfig, PruneConfig, from_dict, to_dict
+from .config import CalibrationConfig, DataConfig, PruneConfig, from_dict, recorded_prune, to_dict
 from .errors import AmcError
 from .io import atomic_write_text
 from .provenance import provenance
@@ -171,9 +171,7 @@ class Policy:
                 prune = PruneConfig(criterion=saved.get("criterion", "l1"))
                 calibration, data, cost = CalibrationConfig(), None, {"name": "macs", "definition": d.get("flops_definition")}
             else:
-                # files written before ``reconstruction`` existed were all scored with the consumers' least squares
-                # (and recorded bn_batches)
-                prune = from_dict(PruneConfig, {"reconstruction": "consumers", **(d.get("prune") or {})}, f"{source}: prune")
+                prune = from_dict(PruneConfig, recorded_prune(d.get("prune")), f"{source}: prune")
                 calibration = from_dict(CalibrationConfig, d.get("calibration"), f"{source}: calibration")
                 data = from_dict(DataConfig, d["data"], f"{source}: data") if d.get("data") else None
                 cost = d.get("cost", {})

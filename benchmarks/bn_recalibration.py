@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     data = DataConfig("cifar10", args.data_dir)
     top1: dict[int, list[float]] = {}
     for batches in args.batches:
-        task = make_task(model, spec, data, prune=PruneConfig(bn_batches=batches))
+        task = make_task(model, spec, data, prune=PruneConfig(reconstruction="consumers", bn_batches=batches))
         env = ChannelPruningEnv(task, EnvConfig(target=args.target))
         actions = np.random.default_rng(args.seed).uniform(0.2, 1.0, (args.policies, len(env.groups)))
         top1[batches] = []

@@ -65,7 +65,7 @@ VARIANTS = {  # name: (PruneConfig changes, CalibrationConfig changes)
     "seq-ls": ({"reconstruct": True, "reconstruction": "sequential", "bn_batches": 0}, {"images": 500}),
     "seq-ls-250images": ({"reconstruct": True, "reconstruction": "sequential", "bn_batches": 0}, {"images": 250}),
 }
-APPLIED = "ls+bn"  # how the fine-tuned models are pruned (what `amc apply` does by default)
+APPLIED = "ls+bn"  # how the fine-tuned models are pruned (AMC's recovery, `amc apply`'s default when this ran)
 
 
 def log(msg: str) -> None:

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     spec = ModelSpec("resnet8", 10, (3, 16, 16))
     data = DataConfig(synthetic_size=(1200, 10), holdout=200, search_images=200, image_size=16)
-    calib, prune = CalibrationConfig(images=100), PruneConfig(bn_batches=1)
+    calib, prune = CalibrationConfig(images=100), PruneConfig(reconstruction="consumers", bn_batches=1)
     cfg = SearchConfig(data=data, calibration=calib, prune=prune, episodes=args.episodes,
                        agent=AgentConfig(algorithm=args.agent, warmup_episodes=50, hidden=(64, 64)))
     samples: list[float] = []

@@ -83,6 +83,11 @@ def test_search_writes_results_and_report(tmp_path, task):
     uniform = store.baselines()["uniform"]
     assert uniform["macs_ratio"] <= 0.5 and (tmp_path / "uniform_policy.json").is_file()
     assert RunStore(tmp_path).config() == cfg  # the resolved config is stored
+    saved = (tmp_path / "config.yaml").read_text()
+    assert "reconstruction: sequential" in saved  # a run written before that field existed resumes with AMC's
+    (tmp_path / "config.yaml").write_text(saved.replace("  reconstruction: sequential\n", ""))
+    assert RunStore(tmp_path).config().prune.reconstruction == "consumers"
+    (tmp_path / "config.yaml").write_text(saved)
     for f in ("reward.png", "accuracy_vs_macs.png", "best_policy_ratios.png", "summary.md"):
         (tmp_path / f).unlink(missing_ok=True)
     paths = write_report(tmp_path)

@@ -16,7 +16,7 @@ from amc.ratios import allowed_counts, channels_for_ratio, largest_count_at_most
 from amc.selection import Selection, top_channels
 from amc.structure import trace
 
-from .nets import TEST_NETS, GroupedNet, randomize_bn, random_kept
+from .nets import TEST_NETS, GroupedNet, TwiceNet, ViewFlattenNet, randomize_bn, random_kept
 
 NO_RECOVERY = PruneConfig(reconstruct=False, bn_batches=0, channels_last=False)
 
@@ -284,7 +284,11 @@ def test_stats_cache_key_tells_devices_apart(tmp_path):
 
 @pytest.mark.parametrize("layer", [nn.Conv2d(4, 6, 3, 1, 1), nn.Conv2d(4, 6, 3, 2, 1), nn.Conv2d(4, 6, 5, 1, 2, dilation=1),
                                    nn.Conv2d(4, 6, 3, 1, 2, dilation=2), nn.Conv2d(4, 6, 1, 2, 0), nn.Conv2d(4, 6, 3, 2, 0),
-                                   nn.Conv2d(4, 6, 3, 1, "same"), nn.Conv2d(4, 4, 3, 1, 1, groups=4), nn.Linear(4, 6)])
+                                   nn.Conv2d(4, 6, 3, 1, "same"), nn.Conv2d(4, 6, 4, 1, "same"),
+                                   nn.Conv2d(4, 6, 2, 1, "same", dilation=3), nn.Conv2d(4, 6, 3, 2, "valid"),
+                                   nn.Conv2d(4, 6, 3, 1, 1, padding_mode="reflect"),
+                                   nn.Conv2d(4, 6, 3, 1, 2, padding_mode="circular"),
+                                   nn.Conv2d(4, 4, 3, 1, 1, groups=4), nn.Linear(4, 6)])
 def test_sampled_inputs_are_the_patches_that_produce_the_sampled_outputs(layer):
     """Every sampled row times the weight must give the layer's output at that position (wrong patch
     geometry or column order fails)."""
@@ -333,6 +337,26 @@ def test_sequential_least_squares_beats_consumers_and_refits_after_the_first_pru
     for i, name in enumerate(order):
         untouched = torch.equal(plain[name].weight, pruned[name].weight)
         assert untouched == (i < first), name  # before any pruned input: sliced only; from there on: refitted
+
+
+@pytest.mark.parametrize("net", [ViewFlattenNet, TwiceNet])
+def test_sequential_least_squares_without_batchnorm_and_with_a_module_called_twice(net):
+    """No BatchNorm still means a reconstruction pass; a module run twice is refitted once, for its first call."""
+    torch.manual_seed(0)
+    model = net().eval()
+    graph = trace(model, (3, 8, 8))
+    calib, x = CalibrationSet(torch.randn(200, 3, 8, 8)), torch.randn(64, 3, 8, 8)
+    keep = {g.name: g.channels // 2 for g in graph.prunable}
+    sliced = PruneConfig(reconstruct=False, bn_batches=0, channels_last=False)
+    engine = PruningEngine(model, graph, replace(sliced, reconstruct=True), calib)
+    small = engine.prune_keep(keep).model
+    consumers = {c for g in graph.prunable for c in g.consumers}
+    assert consumers and all(not torch.equal(dict(small.named_modules())[c].weight,
+                                             dict(PruningEngine(model, graph, sliced).prune_keep(keep).model.named_modules())[c].weight)
+                             for c in consumers if c != "shared")  # refitted
+    with torch.no_grad():
+        error = (small(x) - model(x)).pow(2).mean()
+    assert error < 0.5 * _output_error(model, graph, keep, calib, x, sliced)
 
 
 def test_sequential_least_squares_leaves_batchnorm_statistics_of_the_pruned_model():

@@ -29,7 +29,7 @@ import torch
 import yaml
 from filelock import FileLock, Timeout
 
-from amc.config import SearchConfig, from_dict, to_dict
+from amc.config import SearchConfig, from_dict, recorded_prune, to_dict
 from amc.errors import AmcError
 from amc.io import atomic_save, atomic_write_text
 from amc.policy import Policy
@@ -116,6 +116,8 @@ class RunStore:
             raise AmcError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise AmcError(f"{path} is empty or damaged: the run's settings are unknown")
+        if data.get("prune") is None or isinstance(data["prune"], dict):  # a resumed run keeps scoring as it did
+            data["prune"] = recorded_prune(data.get("prune"))
         return from_dict(SearchConfig, data, str(path))
 
     def write_config(self, cfg: SearchConfig) -> None:

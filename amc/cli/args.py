@@ -64,7 +64,7 @@ FLAGS: tuple[Flag, ...] = (
          "least squares (0 = off; default 0 after sequential least squares, which re-estimates BatchNorm in its "
          "own pass, else 1)"),
     Flag("--bn-scope", "prune", "bn_scope", str, "BatchNorms to recalibrate: all, or only those right after a layer "
-         "the least squares refitted (default all)", choices=("all", "reconstructed")),
+         "the consumers' least squares refitted, with --reconstruction consumers (default all)", choices=("all", "reconstructed")),
     Flag("--points-per-image", "prune", "points_per_image", int, "sampled positions per image for least squares (default 10; 0 = all)"),
     Flag("--ridge", "prune", "ridge", float, "relative ridge term of the least squares (default 1e-4)"),
     Flag("--prune-seed", "prune", "seed", int, "seed of the random criterion and position sampling (default 0)"),

@@ -163,7 +163,7 @@ class PruningTask:
         spec = ModelSpec("resnet8", 10, (3, 16, 16))
         data = DataConfig(synthetic_size=(200, 10), holdout=100, search_images=100, image_size=16)
         calib = CalibrationConfig(images=100, batch_size=50)
-        prune = PruneConfig(bn_batches=2) if granularity == "channel" else WEIGHT_SEARCH_PRUNE
+        prune = PruneConfig() if granularity == "channel" else WEIGHT_SEARCH_PRUNE
         return make_task(build_model(spec), spec, data, calib, prune)
 
 
