@@ -83,6 +83,11 @@ class CalibrationStats:
     samples: dict[str, int] = field(default_factory=dict)
 
 
+def random_positions(count: int, images: int, points: int, gen: torch.Generator) -> torch.Tensor:
+    """(images, points) distinct positions in [0, count) per image, drawn with ``gen`` (least-squares samples)."""
+    return torch.stack([torch.randperm(count, generator=gen)[:points] for _ in range(images)])
+
+
 def _running_mean(store: dict, name: str, value: torch.Tensor, seen: int, n: int) -> None:
     store[name] = value if not seen else store[name] * (seen / (seen + n)) + value * (n / (seen + n))
 
@@ -128,7 +133,7 @@ def _forward_stats(model, modules, consumers, calib, needs, stats, points_per_im
             cols = kind_of(module).input_columns(module, x)  # (N, features, positions)
             positions = cols.shape[2]
             if 0 < points_per_image < positions:
-                pick = torch.stack([torch.randperm(positions, generator=gen)[:points_per_image] for _ in range(n)])
+                pick = random_positions(positions, n, points_per_image, gen)
                 cols = cols.gather(2, pick.unsqueeze(1).expand(-1, cols.shape[1], -1).to(cols.device))
             samples = cols.transpose(1, 2).reshape(-1, cols.shape[1])
             g = (samples.T @ samples).double().cpu()

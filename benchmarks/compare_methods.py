@@ -162,6 +162,12 @@ def episodes_to_beat(episodes: pd.DataFrame, uniform_top1: float, margin: float 
     return float(episodes.episode[hit[0]]) if len(hit) else float("nan")
 
 
+def run_name(run: Path) -> tuple[str, int]:
+    """(method, seed) of a run folder named METHOD-seedN."""
+    method, seed = re.fullmatch(r"(\w+)-seed(\d+)", run.name).groups()
+    return method, int(seed)
+
+
 def run_rows(folder: Path, evaluator: Evaluator, reselect: bool = False, previous: pd.DataFrame | None = None) -> list[dict]:
     """One row per finished run; ``previous`` rows (an earlier ``runs.csv``) are reused for runs they already
     cover (same method, seed, episode count and best search reward; with ``reselect``, re-selected too)."""
@@ -169,7 +175,7 @@ def run_rows(folder: Path, evaluator: Evaluator, reselect: bool = False, previou
     for run in sorted(folder.glob("*-seed*")):
         if not (run / "best_policy.json").is_file():
             continue
-        method, seed = re.fullmatch(r"(\w+)-seed(\d+)", run.name).groups()
+        method, seed = run_name(run)
         store = RunStore(run)
         episodes = store.episodes()
         if len(episodes) < store.config().episodes:  # still running, or stopped early
@@ -307,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{args.jobs} and {args.finetune_epochs}")
     if not folder.is_dir():
         raise SystemExit(f"compare_methods: no folder {folder}")
-    methods = {p.parent.name.rsplit("-seed", 1)[0] for p in folder.glob("*-seed*/best_policy.json")}
+    methods = {run_name(p.parent)[0] for p in folder.glob("*-seed*/best_policy.json")}
     unknown = sorted(set(args.finetune_methods or ()) - methods)
     if unknown:
         raise SystemExit(f"compare_methods: no finished runs of --finetune-methods {', '.join(unknown)} in {folder}")

@@ -26,7 +26,7 @@ from amc.errors import AmcError
 from amc.io import atomic_write_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_methods import ROOT, Evaluator  # noqa: E402  (the same rebuild and test scoring as the comparison)
+from compare_methods import ROOT, Evaluator, run_name  # noqa: E402  (the same rebuild and test scoring as the comparison)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in [uniform, *runs]:
         policy = Policy.load(path)
         more = replace(policy, prune=replace(policy.prune, bn_batches=args.bn_batches))
-        method, seed = ("uniform", -1) if path == uniform else path.parent.name.rsplit("-seed", 1)
+        method, seed = ("uniform", -1) if path == uniform else run_name(path.parent)
         rows.append({"method": method, "seed": int(seed),
                      "test_top1_scored": evaluator.top1(evaluator.rebuild(policy).model, policy),
                      column: evaluator.top1(evaluator.rebuild(more).model, more)})

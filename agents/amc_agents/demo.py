@@ -49,7 +49,8 @@ HOLDOUT = 300  # training images never trained on; all of them score policies (t
 CALIBRATION = CalibrationConfig(images=300, batch_size=100)  # 3 BN batches of 100: the figures in the README
 # AMC's own recovery (least squares of the consumers, 3 BatchNorm batches): the figures in the README. With the
 # default sequential least squares these easy digits lose little to uniform pruning (dense 99.50%, uniform
-# 98.25%, searched 97.50% test top-1 on 2026-12-06), so the demo would not show what a search is for.
+# 98.25%, searched 97.50% test top-1 on 2026-12-06: `amc demo` with PRUNE = PruneConfig()), so the demo would not
+# show what a search is for.
 PRUNE = PruneConfig(reconstruction="consumers", bn_batches=3)
 MARKER = "amc demo 2: resnet20 on digits"  # content of the folder's .amc-demo (older demos left it empty)
 

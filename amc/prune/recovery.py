@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..calibration import random_positions
 from ..structure import DependencyGraph, Kept
 
 
@@ -156,7 +157,7 @@ def dense_targets(model: nn.Module, layers: list[str], images: torch.Tensor, poi
                 return
             count = _positions(m, out)
             if 0 < points_per_image < count:
-                pos = torch.stack([torch.randperm(count, generator=gen)[:points_per_image] for _ in range(len(out))])
+                pos = random_positions(count, len(out), points_per_image, gen)
             else:
                 pos = torch.arange(count).expand(len(out), -1)
             pos = pos.to(out.device)
@@ -210,7 +211,7 @@ def reconstruct_sequentially(small: nn.Module, graph: DependencyGraph, kept: Kep
             if not (changed or name in consumers):
                 return
             target = targets[name]
-            x = sampled_inputs(m, inputs[0], target.positions).float()
+            x = sampled_inputs(m, inputs[0], target.positions)
             groups = getattr(m, "groups", 1)
             out_idx = graph.feature_index(graph.layer[name].out_layout, kept).to(target.outputs.device)
             w = _solve_grouped(x, target.outputs.index_select(1, out_idx), groups, ridge)
