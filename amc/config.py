@@ -200,6 +200,9 @@ class TrainConfig:
 
     epochs; lr: peak learning rate (cosine decay to 0 over all steps); weight_decay; momentum;
     batch_size; augment: CIFAR random crop + flip; seed: shuffling and augmentation.
+    distill: weight in [0, 1] of knowledge distillation from a teacher (the dense model when fine-tuning
+    a pruned one; Hinton et al. 2015): the loss is ``(1 - distill) * cross-entropy + distill * T² *
+    KL(teacher || student)`` on logits divided by ``temperature`` T (> 0). 0 = plain cross-entropy, no teacher.
     """
 
     epochs: int = 10
@@ -209,6 +212,8 @@ class TrainConfig:
     batch_size: int = 128
     augment: bool = True
     seed: int = 0
+    distill: float = 0.0
+    temperature: float = 4.0
 
 
 @dataclass(frozen=True)
@@ -398,7 +403,9 @@ _RULES: dict[type, dict[str, tuple]] = {
                   "weight_decay": (lambda x: _finite(x) and x >= 0, "a finite number >= 0"),
                   "momentum": (lambda x: _finite(x) and 0 <= x < 1, "a number in [0, 1)"),
                   "batch_size": (lambda x: _whole(x, 1), "a whole number >= 1"),
-                  "seed": (lambda x: _whole(x, 0), "a whole number >= 0")},
+                  "seed": (lambda x: _whole(x, 0), "a whole number >= 0"),
+                  "distill": (lambda x: _finite(x) and 0 <= x <= 1, "a number in [0, 1]"),
+                  "temperature": (lambda x: _finite(x) and x > 0, "a finite number > 0")},
     SearchConfig: {"episodes": (lambda x: _whole(x, 1), "a whole number >= 1"),
                    "top_k": (lambda x: _whole(x, 1), "a whole number >= 1"),
                    "seed": (lambda x: _whole(x, 0), "a whole number >= 0"),

@@ -76,6 +76,21 @@ def cosine_factor(step: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
 
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, weight: float,
+                      temperature: float) -> torch.Tensor:
+    """``(1 - weight) * cross_entropy(logits, targets) + weight * T² * KL(softmax(teacher/T) || softmax(logits/T))``.
+
+    Hinton et al.'s knowledge distillation (the T² keeps the soft term's gradients on the hard term's scale).
+    weight in [0, 1] (0: plain cross-entropy); temperature T > 0. The teacher's logits carry no gradient.
+    """
+    hard = F.cross_entropy(logits, targets)
+    if weight == 0:
+        return hard
+    soft = F.kl_div(F.log_softmax(logits / temperature, dim=1),
+                    F.log_softmax(teacher_logits.detach() / temperature, dim=1), reduction="batchmean", log_target=True)
+    return (1 - weight) * hard + weight * temperature ** 2 * soft
+
+
 # ---------------------------------------------------------------- state and callbacks
 @dataclass
 class TrainState:
@@ -187,11 +202,20 @@ class Callback:
 # ---------------------------------------------------------------- the loop
 class Trainer:
     """Train a classifier with cross-entropy, SGD (Nesterov momentum, weight decay) and a per-step cosine
-    learning rate from ``cfg.lr`` to 0 over ``cfg.epochs`` epochs, calling ``callbacks`` at each hook."""
+    learning rate from ``cfg.lr`` to 0 over ``cfg.epochs`` epochs, calling ``callbacks`` at each hook.
 
-    def __init__(self, cfg: TrainConfig = TrainConfig(), callbacks: Sequence[Callback] = ()):
+    teacher: the model distilled from when ``cfg.distill > 0`` (see :func:`distillation_loss`); it is run
+    in eval mode without gradients and never changed. Required then, refused otherwise.
+    """
+
+    def __init__(self, cfg: TrainConfig = TrainConfig(), callbacks: Sequence[Callback] = (),
+                 teacher: nn.Module | None = None):
+        if (cfg.distill > 0) != (teacher is not None):
+            raise AmcError("distillation needs a teacher model" if cfg.distill > 0 else
+                           "a teacher model was given but distill is 0: it would be ignored")
         self.cfg = cfg
         self.callbacks = list(callbacks)
+        self.teacher = teacher
 
     def fit(self, model: nn.Module, train: ImageSet, norm: Normalization, *, device: str | torch.device = "cpu",
             resume_from: Mapping | None = None) -> TrainState:
@@ -224,9 +248,11 @@ class Trainer:
             for cb in hooks:
                 getattr(cb, hook)(s)
 
+        if self.teacher is not None:
+            self.teacher.to(device).eval()
         call("on_train_start")
         while s.epoch < cfg.epochs and not s.stop:
-            if not self._run_epoch(s, train, norm, device, call):
+            if not self._run_epoch(s, train, norm, device, call, self.teacher):
                 break  # stopped mid-epoch: the epoch does not count
             call("on_epoch_end")
         model.eval()
@@ -235,7 +261,7 @@ class Trainer:
 
     @staticmethod
     def _run_epoch(s: TrainState, train: ImageSet, norm: Normalization, device: str | torch.device,
-                   call: Callable[[str], None]) -> bool:
+                   call: Callable[[str], None], teacher: nn.Module | None) -> bool:
         """One epoch of steps; False when ``s.stop`` cut it short."""
         cfg = s.config
         s.model.train()
@@ -251,7 +277,12 @@ class Trainer:
                 return False
             x, y = x.to(device), y.to(device)
             logits = s.model(x)
-            loss = F.cross_entropy(logits, y)
+            if teacher is None:
+                loss = F.cross_entropy(logits, y)
+            else:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+                loss = distillation_loss(logits, teacher_logits, y, cfg.distill, cfg.temperature)
             s.loss = loss.item()
             if not math.isfinite(s.loss):
                 raise AmcError(f"training loss became {s.loss} at epoch {s.epoch + 1} step {s.step + 1}")
@@ -461,12 +492,14 @@ class KeepMasks(Callback):
 # ---------------------------------------------------------------- the usual wiring
 def train(model: nn.Module, spec: "ModelSpec", train_set: ImageSet, val_set: ImageSet | None, norm: Normalization,
           cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, device: str = "cpu",
-          log: Callable[[str], None] | None = None, bar: bool = False, extra: dict | None = None) -> pd.DataFrame:
+          log: Callable[[str], None] | None = None, bar: bool = False, extra: dict | None = None,
+          teacher: nn.Module | None = None) -> pd.DataFrame:
     """Train ``model`` in place with validation on ``val_set`` (if any) and the standard files in ``out_dir``.
 
     Writes ``metrics.csv`` and ``last.pt`` (resume state) at each epoch end and ``model.pt`` (an amc
     checkpoint with ``spec``, ``train_config`` and ``extra``) at the end. ``resume``: continue from
-    ``last.pt``. ``log`` / ``bar``: see :class:`Progress`. Returns the metrics, one row per epoch.
+    ``last.pt``. ``log`` / ``bar``: see :class:`Progress`. ``teacher``: see :class:`Trainer` (needed when
+    ``cfg.distill > 0``). Returns the metrics, one row per epoch.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -479,7 +512,7 @@ def train(model: nn.Module, spec: "ModelSpec", train_set: ImageSet, val_set: Ima
     callbacks: list[Callback] = [CsvMetrics(out / "metrics.csv"), Checkpoint(last), Progress(log, bar)]
     if val_set is not None:
         callbacks.insert(0, Validate(val_set, norm))
-    result = Trainer(cfg, callbacks).fit(model, train_set, norm, device=device, resume_from=state)
+    result = Trainer(cfg, callbacks, teacher).fit(model, train_set, norm, device=device, resume_from=state)
     save_model(out / "model.pt", model.cpu(), spec, train_config=to_dict(cfg), **(extra or {}))
     model.to(device)
     return pd.DataFrame(result.history)

@@ -17,13 +17,16 @@ budget rule was set) this
   gap between search split and test is the winner's curse of selecting on the search split;
 - with ``--finetune-epochs N``, fine-tunes for the same number of epochs (:func:`amc.training.train`)
   each method's best policy (``--finetune best``: the seed with the best search reward; ``all``:
-  every seed), the uniform policy and the dense model;
+  every seed), the uniform policy and the dense model; ``--distill W ...`` fine-tunes the pruned models
+  once per weight W, distilling from the dense model when W > 0 (column ``test_top1_finetuned_kdW``; the
+  dense model, the teacher, is fine-tuned plainly once);
 - writes ``runs.csv`` (tidy, one row per run), ``summary.csv``, ``table.md``, ``comparison.png`` and
   ``record.json`` (machine, versions, command) into ``results/benchmarks/NAME/``, and NAME's entry of
   ``results/benchmarks/search-quality.json`` (per method: per-seed test top-1 without and with
   fine-tuning, search-split score, episodes).
 
     python benchmarks/compare_methods.py NAME --checkpoint CKPT --data-dir DIR [--reselect] [--finetune-epochs 1 --finetune best]
+        [--distill 0 0.9]
 """
 from __future__ import annotations
 
@@ -107,18 +110,20 @@ class Evaluator:
                 "search_top1_rebuilt": self.top1(applied.model, policy, "search"),
                 "dense_test_top1": self.dense_test_top1(policy)}
 
-    def finetune(self, policy_path: Path, epochs: int, out: Path, dense: bool = False) -> float:
+    def finetune(self, policy_path: Path, epochs: int, out: Path, dense: bool = False, distill: float = 0.0) -> float:
         """Test top-1 after fine-tuning ``epochs`` epochs the scored model of ``policy_path`` (``dense``: a copy
-        of the dense model instead). A finished ``out`` is read back, an interrupted one resumed."""
-        if (out / "model.pt").is_file():
+        of the dense model instead), distilling from the dense model with weight ``distill`` (0: plain
+        cross-entropy). A finished ``out`` (its metrics.csv has ``epochs`` rows) is read back, an interrupted
+        one resumed."""
+        if (out / "metrics.csv").is_file():
             done = pd.read_csv(out / "metrics.csv")
             if len(done) == epochs:
                 return float(done.val_top1.iloc[-1])
         policy = Policy.load(policy_path)
         model = copy.deepcopy(self.model) if dense else self.rebuild(policy).model
         history = train(model, self.spec, self.splits(policy)["train"], self.splits(policy)["test"],
-                        normalization(self.data(policy)), TrainConfig(epochs=epochs, lr=FINETUNE_LR), out,
-                        resume=(out / "last.pt").is_file())
+                        normalization(self.data(policy)), TrainConfig(epochs=epochs, lr=FINETUNE_LR, distill=distill),
+                        out, resume=(out / "last.pt").is_file(), teacher=self.model if distill > 0 else None)
         return float(history.val_top1.iloc[-1])
 
     def reselect(self, run: Path) -> dict:
@@ -136,24 +141,30 @@ class Evaluator:
 
 
 def _finetune_job(checkpoint: str, data_dir: str, model_name: str, policy_path: Path, epochs: int, out: Path,
-                  dense: bool) -> float:
+                  dense: bool, distill: float) -> float:
     """One fine-tune in a worker process of 1 thread (its own :class:`Evaluator`: the data are loaded per job)."""
     import torch
     torch.set_num_threads(1)
-    return Evaluator(checkpoint, data_dir, model_name).finetune(policy_path, epochs, out, dense)
+    return Evaluator(checkpoint, data_dir, model_name).finetune(policy_path, epochs, out, dense, distill)
 
 
-def finetune_in_parallel(jobs: dict[str, tuple[Path, bool]], args: argparse.Namespace, model_name: str,
-                         folder: Path) -> dict[str, float]:
-    """Test top-1 after ``args.finetune_epochs`` epochs for each ``name: (policy, dense)``, ``args.jobs`` at a time
-    (``models/NAME-ftN``; finished ones are read back, interrupted ones resumed)."""
+def distill_suffix(weight: float) -> str:
+    """What names a fine-tune with distillation weight ``weight``: '' for plain cross-entropy, else ``_kdW``."""
+    return f"_kd{weight:g}" if weight > 0 else ""
+
+
+def finetune_in_parallel(jobs: dict[tuple[str, float], tuple[Path, bool]], args: argparse.Namespace, model_name: str,
+                         folder: Path) -> dict[tuple[str, float], float]:
+    """Test top-1 after ``args.finetune_epochs`` epochs for each ``(name, distill): (policy, dense)``, ``args.jobs``
+    at a time (``models/NAME-ftN[-kdW]``; finished ones are read back, interrupted ones resumed)."""
     from concurrent.futures import ProcessPoolExecutor
     epochs = args.finetune_epochs
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {name: pool.submit(_finetune_job, args.checkpoint, args.data_dir, model_name, policy, epochs,
-                                     folder / "models" / f"{name}-ft{epochs}", dense)
-                   for name, (policy, dense) in jobs.items()}
-        return {name: future.result() for name, future in futures.items()}
+        futures = {(name, w): pool.submit(_finetune_job, args.checkpoint, args.data_dir, model_name, policy, epochs,
+                                          folder / "models" / f"{name}-ft{epochs}{distill_suffix(w).replace('_', '-')}",
+                                          dense, w)
+                   for (name, w), (policy, dense) in jobs.items()}
+        return {key: future.result() for key, future in futures.items()}
 
 
 def episodes_to_beat(episodes: pd.DataFrame, uniform_top1: float, margin: float = 0.02) -> float:
@@ -215,12 +226,15 @@ def plot_best_reward(ax, folder: Path, uniform_reward: float, methods: list[str]
 
 
 def plot_test_accuracy(ax, summary: pd.DataFrame) -> None:
-    """Test top-1 per method, without fine-tuning (mean, with min-max whiskers) and after fine-tuning."""
+    """Test top-1 per method, without fine-tuning (mean, with min-max whiskers) and after each fine-tuning."""
     x = range(len(summary))
-    ax.bar([i - 0.2 for i in x], summary.test_top1_mean * 100, width=0.4, label="no fine-tune",
+    tuned = [c for c in summary if re.fullmatch(r"test_top1_finetuned(_kd[\d.e-]+)?", c) and summary[c].notna().any()]
+    width = 0.8 / (1 + len(tuned))
+    ax.bar([i - 0.4 + width / 2 for i in x], summary.test_top1_mean * 100, width=width, label="no fine-tune",
            yerr=[(summary.test_top1_mean - summary.test_top1_min) * 100, (summary.test_top1_max - summary.test_top1_mean) * 100])
-    if "test_top1_finetuned" in summary and summary.test_top1_finetuned.notna().any():
-        ax.bar([i + 0.2 for i in x], summary.test_top1_finetuned * 100, width=0.4, label="fine-tuned (best policy)")
+    for k, column in enumerate(tuned, start=1):
+        label = "fine-tuned" + (f", distilled (weight {column.rsplit('_kd', 1)[1]})" if "_kd" in column else "")
+        ax.bar([i - 0.4 + width * (k + 0.5) for i in x], summary[column] * 100, width=width, label=label)
     ax.set_xticks(list(x), summary.method)
     low = float(summary.test_top1_min.min()) * 100
     ax.set_ylim(max(0, low - 10), 100)
@@ -234,18 +248,26 @@ def markdown_table(summary: pd.DataFrame) -> str:
         return f"{mean * scale:.{digits}f}" + ("" if pd.isna(std) else f" ± {std * scale:.{digits}f}")
 
     reselected = "test_top1_reselected_mean" in summary
+    distilled = [c for c in summary if re.fullmatch(r"test_top1_finetuned_kd[\d.e-]+", c)]
     lines = ["| method | runs | episodes per run | search reward (−error), mean ± std | test top-1 % no fine-tune, "
              "mean ± std | " + ("test top-1 % no fine-tune, top-k re-selected on the rest of the holdout | "
                                  "best test top-1 % among the top-k | " if reselected else "") +
-             "test top-1 % fine-tuned | episodes to beat uniform by 2 pts (median) | "
-             "MACs ratio (measured, max) | wall time per run (s) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- | --- |" if reselected else "")]
+             "test top-1 % fine-tuned | " +
+             "".join(f"test top-1 % fine-tuned, distilled from dense (weight {c.rsplit('_kd', 1)[1]}) | "
+                     for c in distilled) +
+             "episodes to beat uniform by 2 pts (median) | MACs ratio (measured, max) | wall time per run (s) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- | --- |" if reselected else "")
+             + " --- |" * len(distilled)]
+
+    def tuned_cell(r, column: str) -> str:
+        value = r.get(column)
+        if value is None or pd.isna(value):
+            return "–"
+        runs = r.get(column.replace("test_top1_finetuned", "finetuned_runs"))
+        return pm(value, r.get(column + "_std"), 100, 2) + f" ({int(runs)} run(s))"
+
     for _, r in summary.iterrows():
-        tuned = r.get("test_top1_finetuned")
-        if tuned is None or pd.isna(tuned):
-            tuned = "–"
-        else:
-            tuned = pm(tuned, r.get("test_top1_finetuned_std"), 100, 2) + f" ({int(r.finetuned_runs)} run(s))"
+        tuned = " | ".join(tuned_cell(r, c) for c in ["test_top1_finetuned", *distilled])
         wall = "–" if pd.isna(r.wall_s) else f"{r.wall_s:.0f}"
         beat = "–" if pd.isna(r.get("episodes_to_beat_uniform")) else f"{r.episodes_to_beat_uniform:.0f}"
         std = r.search_reward_std if r.method != "uniform" else r.search_reward_std_uniform
@@ -277,7 +299,8 @@ def write_quality_json(path: Path, name: str, model: str, runs: pd.DataFrame, re
     for method, part in runs.groupby("method", sort=False):
         methods[method] = {"seeds": [int(x) for x in part.seed],
                            "test_top1_no_finetune": [num(x) for x in part.test_top1],
-                           "test_top1_finetuned": [num(x) for x in part.get("test_top1_finetuned", [None] * len(part))],
+                           **{column: [num(x) for x in part[column]] for column in runs
+                              if column.startswith("test_top1_finetuned")},
                            "test_top1_reselected": [num(x) for x in part.get("test_top1_reselected", [None] * len(part))],
                            "search_score_reward": [num(x) for x in part.get("search_reward", [None] * len(part))],
                            "search_top1": [num(x) for x in part.get("search_top1", [None] * len(part))],
@@ -303,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="fine-tune each method's best-search-reward seed, or every seed")
     p.add_argument("--finetune-methods", nargs="+", metavar="METHOD",
                    help="fine-tune only these methods' runs (e.g. ddpg_clamp; default: every method)")
+    p.add_argument("--distill", nargs="+", type=float, default=[0.0], metavar="W",
+                   help="fine-tune the pruned models once per distillation weight W in [0, 1] (0: plain cross-entropy; "
+                        "W > 0: distil from the dense model, temperature 4); default 0")
     p.add_argument("--jobs", type=int, default=1,
                    help="fine-tunes at a time, one process of 1 thread each (interrupted ones resume on a rerun)")
     args = p.parse_args(argv)
@@ -311,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1 or args.finetune_epochs < 0:
         raise SystemExit(f"compare_methods: --jobs must be at least 1 and --finetune-epochs at least 0, got "
                          f"{args.jobs} and {args.finetune_epochs}")
+    if not all(0 <= w <= 1 for w in args.distill) or len(set(args.distill)) != len(args.distill):
+        raise SystemExit(f"compare_methods: --distill takes distinct weights in [0, 1], got {args.distill}")
     if not folder.is_dir():
         raise SystemExit(f"compare_methods: no folder {folder}")
     methods = {run_name(p.parent)[0] for p in folder.glob("*-seed*/best_policy.json")}
@@ -349,20 +377,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.finetune_methods:
             searched = searched[searched.method.isin(args.finetune_methods)]
         chosen = searched if args.finetune == "all" else searched.groupby("method", sort=False).head(1)
-        jobs = {"dense": (first, True), "uniform": (first, False)}  # the longest first
-        jobs |= {f"{r.method}-seed{r.seed}": (folder / f"{r.method}-seed{r.seed}" / "best_policy.json", False)
-                 for _, r in chosen.iterrows()}
+        jobs = {("dense", 0.0): (first, True)}  # the longest first; the teacher is fine-tuned plainly once
+        for w in args.distill:
+            jobs[("uniform", w)] = (first, False)
+            jobs |= {(f"{r.method}-seed{r.seed}", w): (folder / f"{r.method}-seed{r.seed}" / "best_policy.json", False)
+                     for _, r in chosen.iterrows()}
         finetuned = finetune_in_parallel(jobs, args, Policy.load(first).model["name"], folder)
-        for i, r in chosen.iterrows():
-            runs.loc[i, "test_top1_finetuned"] = finetuned[f"{r.method}-seed{r.seed}"]
-        runs.loc[runs.method == "uniform", "test_top1_finetuned"] = finetuned["uniform"]
         dense = {"method": "dense", "seed": -1, "episodes": 0, "test_top1": uniform["dense_test_top1"],
-                 "test_top1_finetuned": finetuned["dense"]}
+                 "test_top1_finetuned": finetuned[("dense", 0.0)]}
+        for w in args.distill:
+            column = "test_top1_finetuned" + distill_suffix(w)
+            for i, r in chosen.iterrows():
+                runs.loc[i, column] = finetuned[(f"{r.method}-seed{r.seed}", w)]
+            runs.loc[runs.method == "uniform", column] = finetuned[("uniform", w)]
         runs = pd.concat([runs, pd.DataFrame([dense])], ignore_index=True)
-        tuned = runs.groupby("method", sort=False).test_top1_finetuned.agg(["mean", "std", "count"])
-        summary["test_top1_finetuned"] = summary.method.map(tuned["mean"])
-        summary["test_top1_finetuned_std"] = summary.method.map(tuned["std"])
-        summary["finetuned_runs"] = summary.method.map(tuned["count"])
+        for w in args.distill:
+            column = "test_top1_finetuned" + distill_suffix(w)
+            tuned = runs[runs.method != "dense"].groupby("method", sort=False)[column].agg(["mean", "std", "count"])
+            summary[column] = summary.method.map(tuned["mean"])
+            summary[column + "_std"] = summary.method.map(tuned["std"])
+            summary["finetuned_runs" + distill_suffix(w)] = summary.method.map(tuned["count"])
         summary["dense_finetuned"] = dense["test_top1_finetuned"]
     runs.to_csv(folder / "runs.csv", index=False)
     summary.to_csv(folder / "summary.csv", index=False)
@@ -379,7 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     info = provenance(command=" ".join([Path(sys.executable).name, *sys.argv]))
     record = {"command": info["command"], "seconds": time.time() - started, "machine": info["machine"],
               "versions": info["versions"],
-              "finetune": {"epochs": args.finetune_epochs, "lr": FINETUNE_LR, "function": "amc.training.train"},
+              "finetune": {"epochs": args.finetune_epochs, "lr": FINETUNE_LR, "function": "amc.training.train",
+                           "distill": args.distill, "temperature": TrainConfig().temperature,
+                           "teacher": "the dense model (distill > 0); the dense model itself is fine-tuned plainly"},
               "test_models": "amc.apply_policy with each policy's recorded recovery settings and calibration images",
               "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write_text(json.dumps(record, indent=2) + "\n", folder / "record.json")

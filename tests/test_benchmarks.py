@@ -184,6 +184,20 @@ def test_compare_methods_checks_rebuilds_and_reselects_on_the_rest_of_the_holdou
     assert compare_methods.main(tune) == 0
     summary = pd.read_csv(tmp_path / "res" / "tiny" / "summary.csv")
     assert summary.dense_finetuned.iloc[0] == pytest.approx(0.456)
+    # --distill 0 0.5: the plain fine-tunes are read back, the distilled ones get their own folders and columns
+    assert compare_methods.main([*tune, "--distill", "0", "0.5"]) == 0
+    distilled = {p.name for p in models.iterdir()} - folders
+    assert len(distilled) == 2 and "uniform-ft1-kd0.5" in distilled
+    runs = pd.read_csv(tmp_path / "res" / "tiny" / "runs.csv").set_index("method")
+    assert runs.test_top1_finetuned["dense"] == pytest.approx(0.456)  # the teacher is not distilled
+    assert pd.isna(runs["test_top1_finetuned_kd0.5"]["dense"])
+    assert runs["test_top1_finetuned_kd0.5"]["uniform"] == pytest.approx(
+        pd.read_csv(models / "uniform-ft1-kd0.5" / "metrics.csv").val_top1.iloc[-1])
+    assert "distilled from dense (weight 0.5)" in (tmp_path / "res" / "tiny" / "table.md").read_text()
+    assert "test_top1_finetuned_kd0.5" in json.loads((tmp_path / "res" / "search-quality.json").read_text())["tiny"][
+        "methods"]["uniform"]
+    with pytest.raises(SystemExit, match="--distill takes distinct weights in"):
+        compare_methods.main([*tune, "--distill", "1.5"])
     with pytest.raises(SystemExit, match="--jobs must be at least 1"):
         compare_methods.main([*tune[:-1], "0"])
     with pytest.raises(SystemExit, match="no finished runs of --finetune-methods ddpg in"):

@@ -20,7 +20,7 @@ from amc.sensitivity import allocate, sensitivity, tolerated_levels
 from amc.sparse_io import dense_state_dict, load_sparse, open_sparse, save_sparse, sparse_header, sparse_size_report
 from amc.structure import trace
 from amc.training import KeepMasks, Trainer
-from amc.config import TrainConfig
+from amc.config import TrainConfig, replace
 from amc.unstructured import export_masks, layer_sparsities, prune_unstructured
 
 NORM = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -404,6 +404,39 @@ def test_cli_prune_agp_finetune(tmp_path, checkpoint, monkeypatch):
     assert MacsCost().measure(small, (3, 16, 16)) <= 0.5 * MacsCost().measure(open_model(None, checkpoint)[0], (3, 16, 16))
     assert all(d.kept_indices is not None for d in policy.groups if d.kept_channels < d.channels)
     assert report["schedule_events"][-1]["macs_kept"] == pytest.approx(policy.metrics["macs_ratio"])
+
+
+def test_cli_fine_tunes_with_the_dense_model_as_distillation_teacher(tmp_path, checkpoint, monkeypatch):
+    """``--distill W`` reaches the Trainer of ``amc prune`` and ``amc apply`` with the dense model as teacher."""
+    import amc.cli.prune as cli_prune
+    import amc.training
+
+    seen = []
+
+    class Recording(amc.training.Trainer):
+        def __init__(self, cfg, callbacks=(), teacher=None):
+            seen.append((cfg, teacher))
+            super().__init__(replace(cfg, epochs=1), callbacks, teacher)
+
+        def fit(self, model, train, norm, **kwargs):  # 16 images: only the wiring is under test
+            return super().fit(model, train.subset(torch.arange(16)), norm, **kwargs)
+
+    monkeypatch.setattr(cli_prune, "Trainer", Recording)
+    monkeypatch.setattr(amc.training, "Trainer", Recording)
+    dense, _, _ = open_model(None, checkpoint)
+    x = torch.randn(2, 3, 16, 16)
+    out = tmp_path / "c.pt"
+    assert main(["prune", "resnet8", "--checkpoint", checkpoint, "--granularity", "channel", "--ratio", "0.5", *DATA,
+                 "--finetune-epochs", "1", "--distill", "0.7", "--temperature", "2", "--batch-size", "8",
+                 "--out", str(out)]) == 0
+    policy = Policy.from_dict(open_model(None, out)[2]["policy"])
+    policy.save(tmp_path / "p.json")
+    assert main(["apply", str(tmp_path / "p.json"), "--checkpoint", checkpoint, "--no-recovery", *DATA[4:],
+                 "--finetune-epochs", "1", "--distill", "0.3", "--batch-size", "8", "--out", str(tmp_path / "a.pt")]) == 0
+    assert [(cfg.distill, cfg.temperature) for cfg, _ in seen] == [(0.7, 2.0), (0.3, 4.0)]
+    for _, teacher in seen:
+        with torch.no_grad():
+            assert torch.equal(teacher.eval()(x), dense.eval()(x))  # the unpruned, untrained model
 
 
 def test_cli_sensitivity_writes_curves_plot_and_policies_usable_downstream(tmp_path, checkpoint, capsys):

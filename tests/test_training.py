@@ -11,7 +11,8 @@ from amc.config import TrainConfig
 from amc.data import ImageSet, Normalization, iterate_batches
 from amc.errors import AmcError
 from amc.io import read_checkpoint
-from amc.training import Callback, Checkpoint, CsvMetrics, KeepMasks, Progress, Trainer, Validate, train
+from amc.training import (Callback, Checkpoint, CsvMetrics, KeepMasks, Progress, Trainer, Validate, distillation_loss,
+                          train)
 
 NORM = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
@@ -84,6 +85,42 @@ def test_learning_rate_follows_the_cosine_per_step():
     Trainer(config(lr=0.01), []).fit(slow, images(64), NORM)
     Trainer(config(lr=0.1), []).fit(fast, images(64), NORM)
     assert not same_weights(slow, fast)
+
+
+def test_distillation_loss_mixes_cross_entropy_and_the_tempered_kl_to_the_teacher():
+    gen = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(5, 3, generator=gen), torch.randn(5, 3, generator=gen)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    hard = nn.functional.cross_entropy(student, y)
+    assert torch.equal(distillation_loss(student, teacher, y, 0.0, 4.0), hard)
+    p_t = torch.softmax(teacher / 4, 1)  # KL(p_t || p_s), summed over classes, mean over images, times T²
+    kl = (p_t * (p_t.log() - torch.log_softmax(student / 4, 1))).sum(1).mean()
+    assert distillation_loss(student, teacher, y, 0.25, 4.0).item() == pytest.approx((0.75 * hard + 0.25 * 16 * kl).item())
+    assert distillation_loss(teacher, teacher, y, 1.0, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_distilled_student_learns_the_teacher_not_the_labels_and_leaves_the_teacher_unchanged():
+    data = images(256)  # random labels; the teacher predicts something else on the same images
+    teacher = tiny_model(seed=5)
+    teacher.eval()
+    with torch.no_grad():
+        teacher_pred = teacher(NORM(data.images)).argmax(1)
+    assert (teacher_pred == data.labels).float().mean() < 0.5
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = Trainer(config(epochs=30, distill=1.0, temperature=1.0), [], teacher).fit(tiny_model(), data, NORM).model
+    plain = Trainer(config(epochs=30), []).fit(tiny_model(), data, NORM).model
+    with torch.no_grad():
+        agree = (student(NORM(data.images)).argmax(1) == teacher_pred).float().mean()
+        agree_plain = (plain(NORM(data.images)).argmax(1) == teacher_pred).float().mean()
+    assert agree > 0.8 and agree > agree_plain + 0.2
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items()) and not teacher.training
+
+
+def test_distillation_without_a_teacher_or_a_teacher_without_distillation_is_refused():
+    with pytest.raises(AmcError, match="distillation needs a teacher"):
+        Trainer(config(distill=0.5))
+    with pytest.raises(AmcError, match="distill is 0"):
+        Trainer(config(), teacher=tiny_model())
 
 
 def test_first_step_is_nesterov_sgd_with_weight_decay_on_the_seeded_batch():

@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     data = validate(section(args, "data", policy.data)) if (args.dataset or policy.data) else None
     if args.finetune_epochs > 0 and data is None:
         raise AmcError("--finetune-epochs needs data (--dataset and --data-dir)")
+    if finetune.distill > 0 and args.finetune_epochs == 0:
+        raise AmcError("--distill distils the dense model into the pruned one while fine-tuning: give --finetune-epochs")
     calibration = None
     if needs_calibration(prune):
         if data is None:
@@ -92,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             from ..training import train  # noqa: PLC0415
 
             train(compact, spec, splits_for(data, spec, ("train",))["train"], test, normalization(data), finetune,
-                  finetune_dir, device=device, log=print)
+                  finetune_dir, device=device, log=print, teacher=model if finetune.distill > 0 else None)
             rows.append({"model": "pruned+finetune", "macs": rows[1]["macs"], "params": rows[1]["params"],
                          "test_top1": evaluate(compact, test_x, test_y)["top1"]})
     for r in rows:

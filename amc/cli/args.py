@@ -112,6 +112,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--momentum", "train", "momentum", float, "SGD momentum (default 0.9)"),
     Flag("--batch-size", "train", "batch_size", int, "training batch size (default 128)"),
     Flag("--augment", "train", "augment", BOOL, "random crop + flip (default on)"),
+    Flag("--distill", "train", "distill", float, "fine-tuning a pruned model: weight in [0, 1] of knowledge distillation "
+         "from the dense model (default 0: plain cross-entropy)"),
+    Flag("--temperature", "train", "temperature", float, "distillation temperature (default 4)"),
     Flag("--seed", "run", "seed", int, "random seed (default 0)"),
     # run (search)
     Flag("--episodes", "run", "episodes", int, "episodes in total, warm-up included (default 400)"),
@@ -129,6 +132,9 @@ FLAGS: tuple[Flag, ...] = (
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "calibration": CalibrationConfig, "prune": PruneConfig,
             "env": EnvConfig, "agent": AgentConfig, "train": TrainConfig}
+
+
+DISTILL_FLAGS = ("--distill", "--temperature")  # only commands that fine-tune a pruned model have a teacher
 
 
 def dest(flag: Flag) -> str:

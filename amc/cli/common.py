@@ -15,7 +15,7 @@ from ..data import ImageSet, load_splits, normalization
 from ..io import atomic_write_text, open_configured
 from ..memory import keep_freed_memory
 from ..models import ModelSpec, build_model, default_input_shape, model_arguments
-from .args import FLAGS, add_flags, add_model_arg, dest, section
+from .args import DISTILL_FLAGS, FLAGS, add_flags, add_model_arg, dest, section
 
 TRAINING_RUN_FLAGS = ("--seed", "--device", "--threads")  # the search's other run flags do not apply to trainings
 
@@ -52,7 +52,7 @@ def add_training_run_flags(p: argparse.ArgumentParser) -> None:
     """MODEL, the model, data and train flags, and --seed/--device/--threads: what a training command reads."""
     add_model_arg(p)
     add_flags(p, "model", "data", skip=("--exclude",))
-    add_flags(p, "train")
+    add_flags(p, "train", skip=DISTILL_FLAGS)
     add_flags(p, "run", skip=tuple(f.name for f in FLAGS if f.section == "run" and f.name not in TRAINING_RUN_FLAGS))
 
 

@@ -135,15 +135,17 @@ def run(args: argparse.Namespace) -> int:
                                 lr=args.lr if args.lr is not None else 0.01), "train")
     if args.finetune_epochs > 0 and data is None:
         raise AmcError("--finetune-epochs needs data (--dataset and --data-dir)")
+    if finetune.distill > 0 and args.finetune_epochs == 0:
+        raise AmcError("--distill distils the dense model into the pruned one while fine-tuning: give --finetune-epochs")
     model, spec, _ = open_from_args(args, model_cfg)
     model.to(device)
     test = splits_for(data, spec, ("test",))["test"] if data is not None else None
-
+    teacher = copy_model(model) if finetune.distill > 0 and args.finetune_epochs > 0 else None  # the dense model
     if granularity == "weight":
-        pruned, history, extra = _weights(args, model, spec, policy, data, finetune, device, test)
+        pruned, history, extra = _weights(args, model, spec, policy, data, finetune, device, test, teacher)
     else:
         pruned, history, extra = _channels(args, model, spec, policy, data, finetune, device, test, model_cfg,
-                                           prune_cfg, env, calib_cfg)
+                                           prune_cfg, env, calib_cfg, teacher)
     rows = [_row("dense", model, test, data, device), _row("pruned" + ("+finetune" if history else ""), pruned, test,
                                                             data, device)]
     print_table(rows, ["model", "params", "nonzero_weights", "sparsity", "test_top1"])
@@ -174,14 +176,15 @@ def _row(name, model, test, data, device) -> dict:
     return row
 
 
-def _fit(model, callbacks, data, spec, finetune, device, test) -> list[dict]:
+def _fit(model, callbacks, data, spec, finetune, device, test, teacher) -> list[dict]:
     train = splits_for(data, spec, ("train",))["train"]
     norm = normalization(data)
-    state = Trainer(finetune, [Validate(test, norm), *callbacks, Progress(print)]).fit(model, train, norm, device=device)
+    state = Trainer(finetune, [Validate(test, norm), *callbacks, Progress(print)], teacher).fit(model, train, norm,
+                                                                                              device=device)
     return [dict(r) for r in state.history]
 
 
-def _weights(args, model, spec, policy, data, finetune, device, test):
+def _weights(args, model, spec, policy, data, finetune, device, test, teacher):
     sparsities = policy.sparsities if policy else None
     final = args.sparsity if args.sparsity is not None else 0.0
     extra: dict = {"scope": args.scope, "keep_dense": list(args.keep_dense), "schedule": args.schedule}
@@ -195,11 +198,11 @@ def _weights(args, model, spec, policy, data, finetune, device, test):
                                          steps_per_epoch=math.ceil(train_len / finetune.batch_size),
                                          rounds=args.rounds, scope=args.scope, keep_dense=args.keep_dense,
                                          sparsities=sparsities)
-    history = _fit(work, callbacks, data, spec, finetune, device, test)
+    history = _fit(work, callbacks, data, spec, finetune, device, test, teacher)
     return work, history, {**extra, "schedule_events": callbacks[0].events if args.schedule != "oneshot" else []}
 
 
-def _channels(args, model, spec, policy, data, finetune, device, test, model_cfg, prune_cfg, env, calib_cfg):
+def _channels(args, model, spec, policy, data, finetune, device, test, model_cfg, prune_cfg, env, calib_cfg, teacher):
     if policy is None:
         model_spec = spec.to_dict()
         if args.ratio is not None:
@@ -229,7 +232,7 @@ def _channels(args, model, spec, policy, data, finetune, device, test, model_cfg
     if args.schedule == "oneshot":
         applied = apply_policy(model, policy, calibration=calibration, prune=prune_cfg)
         pruned = applied.model
-        history = _fit(pruned, [], data, spec, finetune, device, test) if args.finetune_epochs > 0 else []
+        history = _fit(pruned, [], data, spec, finetune, device, test, teacher) if args.finetune_epochs > 0 else []
         extra["costs"] = {k: list(v) for k, v in applied.costs.items()}
     else:  # gradual: channels masked during fine-tuning, removed for real at the end
         graph = trace(model, policy.input_shape, policy.model.get("exclude", ()))
@@ -239,7 +242,7 @@ def _channels(args, model, spec, policy, data, finetune, device, test, model_cfg
         work, callbacks = schedule_callbacks(model, args.schedule, epochs=finetune.epochs, pruning=pruning,
                                              steps_per_epoch=math.ceil(train_len / finetune.batch_size),
                                              rounds=args.rounds)
-        history = _fit(work, callbacks, data, spec, finetune, device, test)
+        history = _fit(work, callbacks, data, spec, finetune, device, test, teacher)
         pruned = pruning.compact(work)
         for d in policy.groups:  # the channels the schedule chose, so the policy rebuilds this structure
             if d.name in pruning.kept:

@@ -14,14 +14,14 @@ from ..errors import AmcError
 from ..io import atomic_write_text
 from ..models import build_model
 from ..training import train
-from .args import add_flags, add_model_arg, section
+from .args import DISTILL_FLAGS, add_flags, add_model_arg, section
 from .common import check_device, check_output, fresh_spec, open_from_args, splits_for
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model from scratch or fine-tune a checkpoint")
     add_model_arg(p)
-    add_flags(p, "model", "data", "train", "run", skip=("--exclude", "--episodes", "--top-k", "--workers"))
+    add_flags(p, "model", "data", "train", "run", skip=("--exclude", "--episodes", "--top-k", "--workers", *DISTILL_FLAGS))
     p.add_argument("--out", default="results/train", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
