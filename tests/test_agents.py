@@ -87,6 +87,8 @@ def test_search_writes_results_and_report(tmp_path, task):
     assert "reconstruction: sequential" in saved  # a run written before that field existed resumes with AMC's
     (tmp_path / "config.yaml").write_text(saved.replace("  reconstruction: sequential\n", ""))
     assert RunStore(tmp_path).config().prune.reconstruction == "consumers"
+    (tmp_path / "config.yaml").write_text(saved.replace("  solve_precision: float32\n", ""))
+    assert RunStore(tmp_path).config().prune.solve_precision == "float64"  # as sequential runs were scored before
     (tmp_path / "config.yaml").write_text(saved)
     for f in ("reward.png", "accuracy_vs_macs.png", "best_policy_ratios.png", "summary.md"):
         (tmp_path / f).unlink(missing_ok=True)

@@ -127,6 +127,26 @@ def test_final_recalibration_rebuilds_each_best_policy_as_scored_and_with_more_b
         final_recalibration.main([*args[:2], str(tmp_path / "absent.pt"), *args[3:]])
 
 
+def test_solve_precision_rebuilds_each_best_policy_both_ways_and_reproduces_the_recorded_score(tmp_path):
+    import pandas as pd
+
+    sys.path.insert(0, BENCHMARKS)
+    import solve_precision
+
+    _tiny_random_searches(tmp_path)
+    args = ["tiny", "--checkpoint", str(tmp_path / "m.pt"), "--data-dir", "", "--results", str(tmp_path / "res"),
+            "--repeats", "2", "--out", str(tmp_path / "out")]
+    assert solve_precision.main(args) == 0
+    table = pd.read_csv(tmp_path / "out" / "solve_precision.csv")
+    assert len(table) == 6 and table.groupby("precision").size().to_dict() == {"float32": 3, "float64": 3}
+    assert (table[table.scored_precision].precision == "float32").all()  # today's default scored the tiny runs
+    record = json.loads((tmp_path / "out" / "solve_precision.json").read_text())
+    assert record["max_abs_rebuilt_vs_recorded_search_top1"] == 0 and record["policies"] == 3
+    assert (table.reconstruct_s > 0).all() and (table.prune_s >= table.reconstruct_s).all()
+    with pytest.raises(SystemExit, match="already exists"):
+        solve_precision.main(args)
+
+
 def test_compare_methods_checks_rebuilds_and_reselects_on_the_rest_of_the_holdout(tmp_path):
     """Two tiny random searches summarised: each best policy rebuilds to its recorded search score, and
     re-selection picks, among each run's top-k, the policy that scores best on the held-out rest."""

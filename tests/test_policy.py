@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from amc.api import uniform_policy
-from amc.config import CalibrationConfig, PruneConfig
+from amc.config import CalibrationConfig, PruneConfig, replace
 from amc.errors import AmcError
 from amc.models import ModelSpec, build_model
 from amc.policy import Policy
@@ -95,6 +95,11 @@ def test_policies_written_before_sequential_least_squares_rebuild_with_the_consu
     policy.save(tmp_path / "new.json")
     new = Policy.load(tmp_path / "new.json")
     assert new.prune.reconstruction == "sequential" and new.prune == policy.prune
+    assert new.prune.solve_precision == "float32"  # today's default; files from before it solved in float64
+    del d["prune"]["solve_precision"]
+    d["prune"]["reconstruction"] = "sequential"
+    (tmp_path / "float64.json").write_text(json.dumps(d))
+    assert Policy.load(tmp_path / "float64.json").prune == replace(policy.prune, solve_precision="float64")
     default = _policy()[1]
     default.save(tmp_path / "default.json")
     assert Policy.load(tmp_path / "default.json").prune.recalibration_batches == 0  # None round-trips

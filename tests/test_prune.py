@@ -11,7 +11,7 @@ from amc.importance import CRITERIA, ScoringContext, criterion
 from amc.io import channel_manifest, resize_to_manifest
 from amc.models import ModelSpec, build_model
 from amc.prune import ChannelPruner, MaskPruner, PruningEngine, fold_masks, least_squares_weight, sparsity
-from amc.prune.recovery import dense_targets, refittable_layers, sampled_inputs
+from amc.prune.recovery import dense_targets, normal_equations, refittable_layers, sampled_inputs
 from amc.ratios import allowed_counts, channels_for_ratio, largest_count_at_most
 from amc.selection import Selection, top_channels
 from amc.structure import trace
@@ -200,6 +200,35 @@ def test_channels_last_pruning_matches_contiguous(reconstruction, atol):
     assert fast.layer1[0].conv2.weight.is_contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         assert torch.allclose(fast(x.contiguous(memory_format=torch.channels_last)), plain(x), atol=atol)
+
+
+def test_float32_normal_equations_of_centred_samples_match_float64_where_plain_float32_does_not():
+    """Post-ReLU-like inputs: a large common offset, small spread. Plain float32 products lose the spread; the
+    centred float32 products plus the means' part in float64 keep it."""
+    gen = torch.Generator().manual_seed(0)
+    x = 40 + 0.05 * torch.randn(2, 5000, 30, generator=gen)  # (groups, samples, features)
+    y = x @ torch.randn(30, 4, generator=gen) + 0.01 * torch.randn(2, 5000, 4, generator=gen)
+    exact_a, exact_b = normal_equations(x, y, "float64")
+    a, b = normal_equations(x, y, "float32")
+    assert a.dtype == b.dtype == torch.float64
+    solve = lambda a, b: torch.linalg.solve(a, b)  # noqa: E731
+    error = (solve(a, b) - solve(exact_a, exact_b)).abs().max()
+    plain = x.transpose(1, 2) @ x, x.transpose(1, 2) @ y  # float32 throughout
+    plain_error = (solve(plain[0].double(), plain[1].double()) - solve(exact_a, exact_b)).abs().max()
+    assert error < 1e-3 and plain_error > 100 * error
+
+
+def test_solve_precision_reaches_the_sequential_solves():
+    torch.manual_seed(0)
+    model = randomize_bn(build_model(ModelSpec("resnet8"))).eval()
+    graph = trace(model, (3, 32, 32))
+    calib, x = CalibrationSet(torch.randn(40, 3, 32, 32), batch_size=20), torch.randn(8, 3, 32, 32)
+    keep = {g.name: g.channels // 2 for g in graph.prunable}
+    cfg = PruneConfig(channels_last=False)
+    assert cfg.solve_precision == "float32"
+    out = {p: PruningEngine(model, graph, replace(cfg, solve_precision=p), calib).prune_keep(keep).model(x).detach()
+           for p in ("float32", "float64")}
+    assert not torch.equal(out["float32"], out["float64"]) and torch.allclose(out["float32"], out["float64"], atol=1e-3)
 
 
 def test_manifest_rebuilds_compact_model():

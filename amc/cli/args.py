@@ -57,6 +57,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--reconstruction", "prune", "reconstruction", str, "least squares on the dense model's inputs for the "
          "consumers of pruned groups (AMC), or on the pruned model's own inputs for every layer in forward order "
          "(default sequential)", choices=("consumers", "sequential")),
+    Flag("--solve-precision", "prune", "solve_precision", str, "sequential least squares: normal equations of "
+         "mean-centred samples in float32 (default), or all in float64", choices=("float32", "float64")),
     Flag("--granularity", "prune", "granularity", str, "channel: AMC (channels removed for real); weight: fine-grained "
          "AMC (per-layer weight sparsity with masks; give --cost params and a low --lbound, e.g. 0.05)",
          choices=("channel", "weight")),

@@ -171,7 +171,7 @@ class PruningEngine:
         refitted: set[str] = set()
         if self.sequential and selection.kept:
             refitted = set(reconstruct_sequentially(small, self.graph, selection.sorted().kept, self.targets,
-                                                    self.calibration.images, self.cfg.ridge))
+                                                    self.calibration.images, self.cfg.ridge, self.cfg.solve_precision))
         elif self.reconstructs and selection.kept:
             reconstruct(small, dict(self.model.named_modules()), self.graph, selection.sorted().kept, self.stats.gram,
                         self.cfg.ridge)
