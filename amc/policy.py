@@ -24,13 +24,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
-from .config import CalibrationConfig, DataConfig, PruneConfig, from_dict, recorded_prune, to_dict
+from .config import CalibrationConfig, DataConfig, PruneConfig, from_dict, recorded_prune, replace, to_dict
 from .errors import AmcError
 from .io import atomic_write_text
 from .provenance import provenance
@@ -166,10 +166,13 @@ class Policy:
                            f"{', '.join(map(str, READABLE_SCHEMAS))}")
         try:
             groups = [_decision(g, source) for g in d["groups"]]
-            if d["schema_version"] == 1:  # recovery settings were not recorded; only the criterion was
+            if d["schema_version"] == 1:  # the recovery settings were recorded among the metrics
                 saved = d.get("metrics", {}).get("prune_settings", {})
-                prune = PruneConfig(criterion=saved.get("criterion", "l1"))
-                calibration, data, cost = CalibrationConfig(), None, {"name": "macs", "definition": d.get("flops_definition")}
+                known = {f.name for f in fields(PruneConfig)}
+                prune = from_dict(PruneConfig, recorded_prune({k: v for k, v in saved.items() if k in known}),
+                                  f"{source}: metrics.prune_settings")
+                calibration = replace(CalibrationConfig(), batch_size=saved.get("batch_size"))
+                data, cost = None, {"name": "macs", "definition": d.get("flops_definition")}
             else:
                 prune = from_dict(PruneConfig, recorded_prune(d.get("prune")), f"{source}: prune")
                 calibration = from_dict(CalibrationConfig, d.get("calibration"), f"{source}: calibration")

@@ -97,7 +97,8 @@ class TrainState:
     """What callbacks see and may change.
 
     epoch: epochs completed. step: optimizer steps completed since the start of training (not per
-    epoch). steps_per_epoch: batches per epoch. loss: cross-entropy of the last batch.
+    epoch). steps_per_epoch: batches per epoch. loss: the training loss of the last batch (cross-entropy;
+    with distillation the mixed loss of :func:`distillation_loss`, not comparable with plain runs).
     metrics: the current epoch's row -- ``epoch``, ``step``, ``train_loss`` and ``train_top1``
     (running means over the epoch so far; top-1 as a fraction in [0, 1]), then at the epoch's end
     ``lr`` (learning rate of its last step) and ``seconds`` (wall time of its steps), plus what
@@ -201,8 +202,9 @@ class Callback:
 
 # ---------------------------------------------------------------- the loop
 class Trainer:
-    """Train a classifier with cross-entropy, SGD (Nesterov momentum, weight decay) and a per-step cosine
-    learning rate from ``cfg.lr`` to 0 over ``cfg.epochs`` epochs, calling ``callbacks`` at each hook.
+    """Train a classifier with cross-entropy (or, with a teacher, :func:`distillation_loss`), SGD (Nesterov
+    momentum, weight decay) and a per-step cosine learning rate from ``cfg.lr`` to 0 over ``cfg.epochs``
+    epochs, calling ``callbacks`` at each hook.
 
     teacher: the model distilled from when ``cfg.distill > 0`` (see :func:`distillation_loss`); it is run
     in eval mode without gradients and never changed. Required then, refused otherwise.

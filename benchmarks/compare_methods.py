@@ -115,10 +115,9 @@ class Evaluator:
         of the dense model instead), distilling from the dense model with weight ``distill`` (0: plain
         cross-entropy). A finished ``out`` (its metrics.csv has ``epochs`` rows) is read back, an interrupted
         one resumed."""
-        if (out / "metrics.csv").is_file():
-            done = pd.read_csv(out / "metrics.csv")
-            if len(done) == epochs:
-                return float(done.val_top1.iloc[-1])
+        done = finished_top1(out, epochs)
+        if done is not None:
+            return done
         policy = Policy.load(policy_path)
         model = copy.deepcopy(self.model) if dense else self.rebuild(policy).model
         history = train(model, self.spec, self.splits(policy)["train"], self.splits(policy)["test"],
@@ -153,6 +152,19 @@ def distill_suffix(weight: float) -> str:
     return f"_kd{weight:g}" if weight > 0 else ""
 
 
+def finetune_folder(folder: Path, name: str, epochs: int, weight: float) -> Path:
+    """Where the fine-tune of ``name`` (``uniform``, ``dense``, ``METHOD-seedN``) lives: ``models/NAME-ftN[-kdW]``."""
+    return folder / "models" / f"{name}-ft{epochs}{distill_suffix(weight).replace('_', '-')}"
+
+
+def finished_top1(out: Path, epochs: int) -> float | None:
+    """The final test top-1 of a finished fine-tune folder (its metrics.csv has ``epochs`` rows), else None."""
+    if not (out / "metrics.csv").is_file():
+        return None
+    done = pd.read_csv(out / "metrics.csv")
+    return float(done.val_top1.iloc[-1]) if len(done) == epochs else None
+
+
 def finetune_in_parallel(jobs: dict[tuple[str, float], tuple[Path, bool]], args: argparse.Namespace, model_name: str,
                          folder: Path) -> dict[tuple[str, float], float]:
     """Test top-1 after ``args.finetune_epochs`` epochs for each ``(name, distill): (policy, dense)``, ``args.jobs``
@@ -161,8 +173,7 @@ def finetune_in_parallel(jobs: dict[tuple[str, float], tuple[Path, bool]], args:
     epochs = args.finetune_epochs
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = {(name, w): pool.submit(_finetune_job, args.checkpoint, args.data_dir, model_name, policy, epochs,
-                                          folder / "models" / f"{name}-ft{epochs}{distill_suffix(w).replace('_', '-')}",
-                                          dense, w)
+                                          finetune_folder(folder, name, epochs, w), dense, w)
                    for (name, w), (policy, dense) in jobs.items()}
         return {key: future.result() for key, future in futures.items()}
 
@@ -299,8 +310,9 @@ def write_quality_json(path: Path, name: str, model: str, runs: pd.DataFrame, re
     for method, part in runs.groupby("method", sort=False):
         methods[method] = {"seeds": [int(x) for x in part.seed],
                            "test_top1_no_finetune": [num(x) for x in part.test_top1],
+                           "test_top1_finetuned": [num(x) for x in part.get("test_top1_finetuned", [None] * len(part))],
                            **{column: [num(x) for x in part[column]] for column in runs
-                              if column.startswith("test_top1_finetuned")},
+                              if column.startswith("test_top1_finetuned_kd")},
                            "test_top1_reselected": [num(x) for x in part.get("test_top1_reselected", [None] * len(part))],
                            "search_score_reward": [num(x) for x in part.get("search_reward", [None] * len(part))],
                            "search_top1": [num(x) for x in part.get("search_top1", [None] * len(part))],
@@ -325,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune", choices=("best", "all"), default="best",
                    help="fine-tune each method's best-search-reward seed, or every seed")
     p.add_argument("--finetune-methods", nargs="+", metavar="METHOD",
-                   help="fine-tune only these methods' runs (e.g. ddpg_clamp; default: every method)")
+                   help="fine-tune only these methods' runs (e.g. ddpg_clamp; default: every method); finished "
+                        "fine-tunes of the others are still read back")
     p.add_argument("--distill", nargs="+", type=float, default=[0.0], metavar="W",
                    help="fine-tune the pruned models once per distillation weight W in [0, 1] (0: plain cross-entropy; "
                         "W > 0: distil from the dense model, temperature 4); default 0")
@@ -337,8 +350,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1 or args.finetune_epochs < 0:
         raise SystemExit(f"compare_methods: --jobs must be at least 1 and --finetune-epochs at least 0, got "
                          f"{args.jobs} and {args.finetune_epochs}")
-    if not all(0 <= w <= 1 for w in args.distill) or len(set(args.distill)) != len(args.distill):
+    if not all(0 <= w <= 1 for w in args.distill) or len({distill_suffix(w) for w in args.distill}) != len(args.distill):
         raise SystemExit(f"compare_methods: --distill takes distinct weights in [0, 1], got {args.distill}")
+    if args.distill != [0.0] and args.finetune_epochs == 0:
+        raise SystemExit("compare_methods: --distill applies to fine-tuning: give --finetune-epochs")
     if not folder.is_dir():
         raise SystemExit(f"compare_methods: no folder {folder}")
     methods = {run_name(p.parent)[0] for p in folder.glob("*-seed*/best_policy.json")}
@@ -385,10 +400,11 @@ def main(argv: list[str] | None = None) -> int:
         finetuned = finetune_in_parallel(jobs, args, Policy.load(first).model["name"], folder)
         dense = {"method": "dense", "seed": -1, "episodes": 0, "test_top1": uniform["dense_test_top1"],
                  "test_top1_finetuned": finetuned[("dense", 0.0)]}
-        for w in args.distill:
+        for w in args.distill:  # every run with a finished fine-tune, also those --finetune-methods left out now
             column = "test_top1_finetuned" + distill_suffix(w)
-            for i, r in chosen.iterrows():
-                runs.loc[i, column] = finetuned[(f"{r.method}-seed{r.seed}", w)]
+            for i, r in runs[runs.method != "uniform"].iterrows():
+                runs.loc[i, column] = finished_top1(finetune_folder(folder, f"{r.method}-seed{r.seed}",
+                                                                    args.finetune_epochs, w), args.finetune_epochs)
             runs.loc[runs.method == "uniform", column] = finetuned[("uniform", w)]
         runs = pd.concat([runs, pd.DataFrame([dense])], ignore_index=True)
         for w in args.distill:

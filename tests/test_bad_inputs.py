@@ -226,6 +226,8 @@ def cases():
         ("apply-temperature-zero", [*base, "--out", "{d}/x.pt", "--finetune-epochs", "1", "--distill", "0.5",
                                     "--temperature", "0"], "temperature"),
         ("apply-distill-no-finetune", [*base, "--out", "{d}/x.pt", "--distill", "0.5"], "--finetune-epochs"),
+        ("apply-temperature-no-distill", [*base, "--out", "{d}/x.pt", "--finetune-epochs", "1", "--temperature", "2"],
+         "--distill"),
         ("apply-empty-checkpoint", ["apply", "{d}/policy.json", "--checkpoint", "{d}/empty.pt", "--out", "{d}/x.pt"],
          "cannot read"),
         ("apply-data-missing", [*base, "--out", "{d}/x.pt", "--data-dir", "{d}/nodata", "--dataset", "cifar10"],

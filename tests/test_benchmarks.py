@@ -204,6 +204,15 @@ def test_compare_methods_checks_rebuilds_and_reselects_on_the_rest_of_the_holdou
     assert compare_methods.main(tune) == 0
     summary = pd.read_csv(tmp_path / "res" / "tiny" / "summary.csv")
     assert summary.dense_finetuned.iloc[0] == pytest.approx(0.456)
+    # a finished fine-tune of a run the rerun does not choose (here: the other seed) is read back too
+    other = 1 - int((folders - {"dense-ft1", "uniform-ft1"}).pop()[len("random-seed")])
+    (models / f"random-seed{other}-ft1").mkdir()
+    metrics.loc[0, "val_top1"] = 0.789
+    metrics.to_csv(models / f"random-seed{other}-ft1" / "metrics.csv", index=False)
+    assert compare_methods.main(tune) == 0
+    rows = pd.read_csv(tmp_path / "res" / "tiny" / "runs.csv")
+    assert rows[(rows.method == "random") & (rows.seed == other)].test_top1_finetuned.iloc[0] == pytest.approx(0.789)
+    folders.add(f"random-seed{other}-ft1")
     # --distill 0 0.5: the plain fine-tunes are read back, the distilled ones get their own folders and columns
     assert compare_methods.main([*tune, "--distill", "0", "0.5"]) == 0
     distilled = {p.name for p in models.iterdir()} - folders
@@ -218,6 +227,8 @@ def test_compare_methods_checks_rebuilds_and_reselects_on_the_rest_of_the_holdou
         "methods"]["uniform"]
     with pytest.raises(SystemExit, match="--distill takes distinct weights in"):
         compare_methods.main([*tune, "--distill", "1.5"])
+    with pytest.raises(SystemExit, match="--distill applies to fine-tuning"):
+        compare_methods.main([*tune[:-4], "--distill", "0.5"])
     with pytest.raises(SystemExit, match="--jobs must be at least 1"):
         compare_methods.main([*tune[:-1], "0"])
     with pytest.raises(SystemExit, match="no finished runs of --finetune-methods ddpg in"):

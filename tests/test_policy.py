@@ -80,6 +80,9 @@ def test_schema_1_policies_still_load():
         keep = policy.keep(graph)
         assert len(keep) == len(graph.prunable) and policy.kept() and policy.prune.criterion == "l1"
         assert all(len(policy.kept()[n]) == keep[n] for n in policy.kept())
+        # scored with AMC's least squares and 2 BatchNorm batches of 100 images: rebuilt that way, not with today's
+        assert policy.prune.reconstruction == "consumers" and policy.prune.recalibration_batches == 2
+        assert policy.calibration.batch_size == 100
 
 
 def test_policies_written_before_sequential_least_squares_rebuild_with_the_consumers_least_squares(tmp_path):

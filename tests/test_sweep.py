@@ -57,6 +57,19 @@ def test_a_sweep_refuses_another_plan_in_the_same_folder(tmp_path, capsys):
     assert code == 2 and "other settings" in capsys.readouterr().err
 
 
+def test_a_plan_stored_before_a_recovery_setting_existed_matches_only_the_settings_it_was_scored_with():
+    from amc.config import PruneConfig, SearchConfig, replace, to_dict
+    from amc_agents.sweep import recorded_plan
+
+    trials = [t.__dict__ for t in grid([0.5], [0], ["random"])]
+    old = {"base": to_dict(SearchConfig()), "trials": trials}
+    del old["base"]["prune"]["solve_precision"]  # a sweep stored before the field existed solved in float64
+    today = {"base": to_dict(SearchConfig()), "trials": trials}
+    as_scored = {"base": to_dict(SearchConfig(prune=replace(PruneConfig(), solve_precision="float64"))), "trials": trials}
+    assert recorded_plan(old) == as_scored and recorded_plan(old) != today
+    assert recorded_plan({"base": {}, "trials": []}) != today  # an unrelated plan still differs
+
+
 def test_a_weight_trial_resumes_and_a_trial_stopped_before_its_first_checkpoint_starts_over(tmp_path):
     """run_trial without Ray: the stored (weight-search) config is what a resume compares with."""
     from amc.config import DataConfig, EnvConfig, ModelConfig, PruneConfig, SearchConfig, to_dict

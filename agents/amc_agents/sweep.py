@@ -21,7 +21,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from amc.config import SearchConfig, from_dict, replace, to_dict
+from amc.config import PruneConfig, SearchConfig, from_dict, recorded_prune, replace, to_dict
 from amc.errors import AmcError
 from amc.io import atomic_write_text
 
@@ -129,6 +129,16 @@ def write_front(out: str | Path, trials: Sequence[Trial]) -> Path:
     return front
 
 
+def recorded_plan(plan: dict) -> dict:
+    """A stored ``sweep.json`` plan with its base's ``prune`` section completed as its trials were scored
+    (:func:`amc.config.recorded_prune`): a sweep written before a recovery setting existed still matches when
+    rerun with the settings it used."""
+    base = plan.get("base") if isinstance(plan.get("base"), dict) else None
+    if base is None:
+        return plan
+    return {**plan, "base": {**base, "prune": {**to_dict(PruneConfig()), **recorded_prune(base.get("prune"))}}}
+
+
 def run_sweep(base: SearchConfig, trials: Sequence[Trial], out: str | Path, *, address: str | None = None,
               max_concurrent: int | None = None, cpus_per_trial: float = 1.0,
               gpus_per_trial: float | None = None) -> pd.DataFrame:
@@ -158,7 +168,7 @@ def run_sweep(base: SearchConfig, trials: Sequence[Trial], out: str | Path, *, a
     base = portable(base)
     stored = out / "sweep.json"
     plan = {"base": to_dict(base), "trials": [t.__dict__ for t in trials]}
-    if stored.is_file() and json.loads(stored.read_text()) != plan:
+    if stored.is_file() and recorded_plan(json.loads(stored.read_text())) != plan:
         raise AmcError(f"{out} holds a sweep with other settings or trials; choose another --out")
     atomic_write_text(json.dumps(plan, indent=2) + "\n", stored)
     base_dict = to_dict(base)

@@ -17,7 +17,7 @@ from ..io import export_onnx, export_torchscript, save_model
 from ..policy import Policy
 from ..prune import needs_calibration
 from .args import add_flags, add_model_arg, command_line, print_table, section
-from .common import check_device, check_output, normalized, open_from_args, splits_for
+from .common import check_device, check_output, finetune_config, normalized, open_from_args, splits_for
 
 
 def add_parser(sub) -> None:
@@ -60,10 +60,7 @@ def run(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     if not model_cfg.checkpoint and not args.random_init:
         raise AmcError("no --checkpoint: the model would have random weights (add --random-init if that is intended)")
-    if args.finetune_epochs < 0:
-        raise AmcError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
-    finetune = validate(replace(section(args, "train"), epochs=max(1, args.finetune_epochs),
-                                lr=args.lr if args.lr is not None else 0.01))
+    finetune = finetune_config(args)
     model, spec, _ = open_from_args(args, model_cfg)
     model.to(device)
     prune = validate(section(args, "prune", policy.prune))
@@ -72,8 +69,6 @@ def run(args: argparse.Namespace) -> int:
     data = validate(section(args, "data", policy.data)) if (args.dataset or policy.data) else None
     if args.finetune_epochs > 0 and data is None:
         raise AmcError("--finetune-epochs needs data (--dataset and --data-dir)")
-    if finetune.distill > 0 and args.finetune_epochs == 0:
-        raise AmcError("--distill distils the dense model into the pruned one while fine-tuning: give --finetune-epochs")
     calibration = None
     if needs_calibration(prune):
         if data is None:
@@ -106,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     save_model(args.out, compact.cpu(), spec, policy=policy.to_dict(),
                apply_report={"rows": rows, "seconds": time.perf_counter() - started, "command": command_line(),
                              "recovery": {"reconstruct": prune.reconstruct, "reconstruction": prune.reconstruction,
+                                          "solve_precision": prune.solve_precision,
                                           "bn_batches": prune.recalibration_batches}})
     print(f"pruned model: {args.out} (load with amc.io.open_model(None, '{args.out}'))")
     if args.onnx:

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 import yaml
 
-from ..config import DataConfig, ModelConfig, from_dict, to_dict, validate
+from ..config import DataConfig, ModelConfig, TrainConfig, from_dict, replace, to_dict, validate
 from ..errors import AmcError
 from ..data import ImageSet, load_splits, normalization
 from ..io import atomic_write_text, open_configured
@@ -54,6 +54,21 @@ def add_training_run_flags(p: argparse.ArgumentParser) -> None:
     add_flags(p, "model", "data", skip=("--exclude",))
     add_flags(p, "train", skip=DISTILL_FLAGS)
     add_flags(p, "run", skip=tuple(f.name for f in FLAGS if f.section == "run" and f.name not in TRAINING_RUN_FLAGS))
+
+
+def finetune_config(args: argparse.Namespace) -> TrainConfig:
+    """The fine-tuning of ``amc apply`` / ``amc prune``: the train flags, ``--lr`` 0.01 unless given,
+    ``--finetune-epochs`` epochs (at least 1, so the config validates when there is no fine-tuning).
+    A negative epoch count, or ``--distill`` / ``--temperature`` that nothing would use, is an AmcError."""
+    if args.finetune_epochs < 0:
+        raise AmcError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    cfg = validate(replace(section(args, "train"), epochs=max(1, args.finetune_epochs),
+                           lr=args.lr if args.lr is not None else 0.01), "train")
+    if cfg.distill > 0 and args.finetune_epochs == 0:
+        raise AmcError("--distill distils the dense model into the pruned one while fine-tuning: give --finetune-epochs")
+    if args.temperature is not None and cfg.distill == 0:
+        raise AmcError("--temperature is the distillation's temperature: give --distill too")
+    return cfg
 
 
 def given_settings(args: argparse.Namespace, own_flags: tuple[str, ...]) -> list[str]:

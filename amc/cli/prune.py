@@ -26,7 +26,7 @@ from ..structure import trace
 from ..training import Progress, Trainer, Validate
 from ..unstructured import SCOPES, copy_model, layer_sparsities, prune_unstructured
 from .args import add_flags, add_model_arg, command_line, print_table, section
-from .common import check_device, check_output, normalized, open_from_args, splits_for
+from .common import check_device, check_output, finetune_config, normalized, open_from_args, splits_for
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -76,8 +76,6 @@ def _positionals(args: argparse.Namespace) -> tuple[str | None, str | None]:
 
 
 def _check(args: argparse.Namespace, granularity: str, policy: Policy | None) -> None:
-    if args.finetune_epochs < 0:
-        raise AmcError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
     if args.rounds < 1:
         raise AmcError(f"--rounds must be >= 1, got {args.rounds}")
     if args.schedule != "oneshot" and args.finetune_epochs == 0:
@@ -131,16 +129,13 @@ def run(args: argparse.Namespace) -> int:
     calib_cfg = validate(section(args, "calibration", policy.calibration if policy else None), "calibration")
     data = validate(section(args, "data", policy.data if policy else None), "data") \
         if (args.dataset or (policy and policy.data)) else None
-    finetune = validate(replace(section(args, "train"), epochs=max(1, args.finetune_epochs),
-                                lr=args.lr if args.lr is not None else 0.01), "train")
+    finetune = finetune_config(args)
     if args.finetune_epochs > 0 and data is None:
         raise AmcError("--finetune-epochs needs data (--dataset and --data-dir)")
-    if finetune.distill > 0 and args.finetune_epochs == 0:
-        raise AmcError("--distill distils the dense model into the pruned one while fine-tuning: give --finetune-epochs")
     model, spec, _ = open_from_args(args, model_cfg)
     model.to(device)
     test = splits_for(data, spec, ("test",))["test"] if data is not None else None
-    teacher = copy_model(model) if finetune.distill > 0 and args.finetune_epochs > 0 else None  # the dense model
+    teacher = copy_model(model) if finetune.distill > 0 else None  # the dense model, before any pruning
     if granularity == "weight":
         pruned, history, extra = _weights(args, model, spec, policy, data, finetune, device, test, teacher)
     else:

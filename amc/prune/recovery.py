@@ -188,7 +188,7 @@ def normal_equations(x: torch.Tensor, y: torch.Tensor, precision: str = "float32
     if precision == "float64":
         x, y = x.double(), y.double()
         return x.transpose(-1, -2) @ x, x.transpose(-1, -2) @ y
-    mx, my = x.double().mean(-2, keepdim=True), y.double().mean(-2, keepdim=True)
+    mx, my = x.mean(-2, keepdim=True, dtype=torch.float64), y.mean(-2, keepdim=True, dtype=torch.float64)
     xc, yc = x.float() - mx.float(), y.float() - my.float()
     count = x.shape[-2]
     xtx = (xc.transpose(-1, -2) @ xc).double() + count * mx.transpose(-1, -2) @ mx
