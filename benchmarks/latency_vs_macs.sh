@@ -15,7 +15,10 @@ shift 6
 extra=("$@")
 amc=${AMC:-.venv/bin/amc} python=${PYTHON:-.venv/bin/python} cache=${CACHE:-/tmp/amc-cache}
 data=(--checkpoint "$checkpoint" --dataset cifar10 --data-dir "$data_dir" --cache-dir "$cache")
-mkdir -p "$runs"
+[ -f "$checkpoint" ] || { echo "latency_vs_macs.sh: checkpoint not found: $checkpoint" >&2; exit 2; }
+[ -d "$data_dir" ] || { echo "latency_vs_macs.sh: data folder not found: $data_dir" >&2; exit 2; }
+created=0
+[ -d "$runs" ] || { mkdir -p "$runs"; created=1; }
 
 search() {  # COST TARGET SEED OUT
   if [ -f "$4/summary.md" ]; then
@@ -28,8 +31,11 @@ search() {  # COST TARGET SEED OUT
   fi
 }
 
-[ -f "$runs/uniform-latency.json" ] || "$amc" uniform "${data[@]}" --cost latency --target "$target" --threads 1 \
-  --out "$runs/uniform-latency.json"
+if [ ! -f "$runs/uniform-latency.json" ] && ! "$amc" uniform "${data[@]}" --cost latency --target "$target" \
+    --threads 1 --out "$runs/uniform-latency.json"; then
+  [ "$created" = 0 ] || rmdir "$runs"  # a bad checkpoint or target leaves no empty runs folder behind
+  exit 1
+fi
 wait_all() { for pid in "$@"; do wait "$pid"; done; }  # fails (set -e) when a search failed
 pids=()
 for seed in $seeds; do search latency "$target" "$seed" "$runs/$name-latency-s$seed" & pids+=($!); done
