@@ -16,8 +16,8 @@ budget rule was set) this
   (``test_top1_reselected``) and the best test top-1 among them (``test_top1_top_k_max``): how much of the
   gap between search split and test is the winner's curse of selecting on the search split;
 - with ``--finetune-epochs N``, fine-tunes for the same number of epochs (:func:`amc.training.train`)
-  each method's best policy (``--finetune best``: the seed with the best search reward; ``all``:
-  every seed), the uniform policy and the dense model; ``--distill W ...`` fine-tunes the pruned models
+  each method's best policy (``--finetune best``: the seed with the best search reward; ``N``: its N best
+  seeds by search reward; ``all``: every seed), the uniform policy and the dense model; ``--distill W ...`` fine-tunes the pruned models
   once per weight W, distilling from the dense model when W > 0 (column ``test_top1_finetuned_kdW``; the
   dense model, the teacher, is fine-tuned plainly once);
 - writes ``runs.csv`` (tidy, one row per run), ``summary.csv``, ``table.md``, ``comparison.png`` and
@@ -145,6 +145,16 @@ def _finetune_job(checkpoint: str, data_dir: str, model_name: str, policy_path: 
     import torch
     torch.set_num_threads(1)
     return Evaluator(checkpoint, data_dir, model_name).finetune(policy_path, epochs, out, dense, distill)
+
+
+def finetune_count(value: str) -> int:
+    """How many of each method's seeds ``--finetune`` names (the best by search reward first): ``best`` 1, ``all``
+    every one, ``N`` N; anything else is refused."""
+    if value in ("best", "all"):
+        return 1 if value == "best" else 10**9
+    if not value.isdigit() or int(value) < 1:
+        raise SystemExit(f"compare_methods: --finetune takes best, all or a whole number >= 1, got {value}")
+    return int(value)
 
 
 def distill_suffix(weight: float) -> str:
@@ -334,8 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reselect", action="store_true",
                    help="also re-score every run's top-k policies on the held-out images the search never scored")
     p.add_argument("--finetune-epochs", type=int, default=0)
-    p.add_argument("--finetune", choices=("best", "all"), default="best",
-                   help="fine-tune each method's best-search-reward seed, or every seed")
+    p.add_argument("--finetune", default="best", metavar="best|all|N",
+                   help="fine-tune each method's best-search-reward seed, every seed, or its N best-search seeds")
     p.add_argument("--finetune-methods", nargs="+", metavar="METHOD",
                    help="fine-tune only these methods' runs (e.g. ddpg_clamp; default: every method); finished "
                         "fine-tunes of the others are still read back")
@@ -354,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"compare_methods: --distill takes distinct weights in [0, 1], got {args.distill}")
     if args.distill != [0.0] and args.finetune_epochs == 0:
         raise SystemExit("compare_methods: --distill applies to fine-tuning: give --finetune-epochs")
+    seeds_to_finetune = finetune_count(args.finetune)
     if not folder.is_dir():
         raise SystemExit(f"compare_methods: no folder {folder}")
     methods = {run_name(p.parent)[0] for p in folder.glob("*-seed*/best_policy.json")}
@@ -391,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         searched = runs[runs.method != "uniform"].sort_values("search_reward", ascending=False)
         if args.finetune_methods:
             searched = searched[searched.method.isin(args.finetune_methods)]
-        chosen = searched if args.finetune == "all" else searched.groupby("method", sort=False).head(1)
+        chosen = searched.groupby("method", sort=False).head(seeds_to_finetune)
         jobs = {("dense", 0.0): (first, True)}  # the longest first; the teacher is fine-tuned plainly once
         for w in args.distill:
             jobs[("uniform", w)] = (first, False)

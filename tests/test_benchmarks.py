@@ -229,6 +229,9 @@ def test_compare_methods_checks_rebuilds_and_reselects_on_the_rest_of_the_holdou
         compare_methods.main([*tune, "--distill", "1.5"])
     with pytest.raises(SystemExit, match="--distill applies to fine-tuning"):
         compare_methods.main([*tune[:-4], "--distill", "0.5"])
+    with pytest.raises(SystemExit, match="--finetune takes best, all or a whole number"):
+        compare_methods.main([*tune, "--finetune", "0"])
+    assert compare_methods.finetune_count("2") == 2 and compare_methods.finetune_count("best") == 1
     with pytest.raises(SystemExit, match="--jobs must be at least 1"):
         compare_methods.main([*tune[:-1], "0"])
     with pytest.raises(SystemExit, match="no finished runs of --finetune-methods ddpg in"):
