@@ -207,7 +207,8 @@ class Trainer:
     epochs, calling ``callbacks`` at each hook.
 
     teacher: the model distilled from when ``cfg.distill > 0`` (see :func:`distillation_loss`); it is run
-    in eval mode without gradients and never changed. Required then, refused otherwise.
+    in eval mode, on the training device, without gradients; its weights are never changed. Required then,
+    refused otherwise.
     """
 
     def __init__(self, cfg: TrainConfig = TrainConfig(), callbacks: Sequence[Callback] = (),
