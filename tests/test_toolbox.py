@@ -439,6 +439,26 @@ def test_cli_fine_tunes_with_the_dense_model_as_distillation_teacher(tmp_path, c
             assert torch.equal(teacher.eval()(x), dense.eval()(x))  # the unpruned, untrained model
 
 
+def test_cli_prune_embeds_the_recovery_it_used_when_flags_override_the_policy(tmp_path, checkpoint):
+    from amc import apply_policy, calibration_for
+
+    assert main(["prune", "resnet8", "--checkpoint", checkpoint, "--granularity", "channel", "--ratio", "0.5", *DATA,
+                 "--calibration-images", "32", "--out", str(tmp_path / "c.pt")]) == 0
+    policy = Policy.from_dict(open_model(None, tmp_path / "c.pt")[2]["policy"])
+    assert policy.prune.reconstruction == "sequential"
+    policy.save(tmp_path / "p.json")
+    assert main(["prune", str(tmp_path / "p.json"), "--checkpoint", checkpoint, "--reconstruction", "consumers",
+                 "--bn-batches", "2", "--out", str(tmp_path / "o.pt")]) == 0
+    saved, _, extra = open_model(None, tmp_path / "o.pt")
+    embedded = Policy.from_dict(extra["policy"])
+    assert embedded.prune.reconstruction == "consumers" and embedded.prune.recalibration_batches == 2
+    dense, _, _ = open_model(None, checkpoint)
+    rebuilt = apply_policy(dense, embedded, calibration=calibration_for(embedded)).model
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt.eval()(x), saved.eval()(x), atol=1e-5)  # the embedded policy rebuilds it
+
+
 def test_cli_sensitivity_writes_curves_plot_and_policies_usable_downstream(tmp_path, checkpoint, capsys):
     out = tmp_path / "sens"
     args = ["sensitivity", "resnet8", "--checkpoint", checkpoint, *DATA, "--levels", "0.25", "0.5", "0.75",

@@ -223,6 +223,7 @@ def _channels(args, model, spec, policy, data, finetune, device, test, model_cfg
                            "calibration images: give --dataset (and --data-dir), or --no-reconstruct --bn-batches 0")
         policy.calibration = calib_cfg
         calibration = calibration_for(policy, data=data, device=device)
+    policy.prune = prune_cfg  # what the saved model embeds must rebuild it: the recovery used, flags included
     extra = {"schedule": args.schedule}
     if args.schedule == "oneshot":
         applied = apply_policy(model, policy, calibration=calibration, prune=prune_cfg)
