@@ -162,6 +162,14 @@ def distill_suffix(weight: float) -> str:
     return f"_kd{weight:g}" if weight > 0 else ""
 
 
+def finetuned_column(weight: float) -> str:
+    """The runs.csv / summary.csv column of the test top-1 after fine-tuning with distillation weight ``weight``."""
+    return "test_top1_finetuned" + distill_suffix(weight)
+
+
+FINETUNED_COLUMN = re.compile(r"test_top1_finetuned(_kd[\d.e-]+)?")  # what finetuned_column names
+
+
 def finetune_folder(folder: Path, name: str, epochs: int, weight: float) -> Path:
     """Where the fine-tune of ``name`` (``uniform``, ``dense``, ``METHOD-seedN``) lives: ``models/NAME-ftN[-kdW]``."""
     return folder / "models" / f"{name}-ft{epochs}{distill_suffix(weight).replace('_', '-')}"
@@ -249,7 +257,7 @@ def plot_best_reward(ax, folder: Path, uniform_reward: float, methods: list[str]
 def plot_test_accuracy(ax, summary: pd.DataFrame) -> None:
     """Test top-1 per method, without fine-tuning (mean, with min-max whiskers) and after each fine-tuning."""
     x = range(len(summary))
-    tuned = [c for c in summary if re.fullmatch(r"test_top1_finetuned(_kd[\d.e-]+)?", c) and summary[c].notna().any()]
+    tuned = [c for c in summary if FINETUNED_COLUMN.fullmatch(c) and summary[c].notna().any()]
     width = 0.8 / (1 + len(tuned))
     ax.bar([i - 0.4 + width / 2 for i in x], summary.test_top1_mean * 100, width=width, label="no fine-tune",
            yerr=[(summary.test_top1_mean - summary.test_top1_min) * 100, (summary.test_top1_max - summary.test_top1_mean) * 100])
@@ -269,7 +277,7 @@ def markdown_table(summary: pd.DataFrame) -> str:
         return f"{mean * scale:.{digits}f}" + ("" if pd.isna(std) else f" ± {std * scale:.{digits}f}")
 
     reselected = "test_top1_reselected_mean" in summary
-    distilled = [c for c in summary if re.fullmatch(r"test_top1_finetuned_kd[\d.e-]+", c)]
+    distilled = [c for c in summary if FINETUNED_COLUMN.fullmatch(c) and "_kd" in c]
     lines = ["| method | runs | episodes per run | search reward (−error), mean ± std | test top-1 % no fine-tune, "
              "mean ± std | " + ("test top-1 % no fine-tune, top-k re-selected on the rest of the holdout | "
                                  "best test top-1 % among the top-k | " if reselected else "") +
@@ -412,18 +420,16 @@ def main(argv: list[str] | None = None) -> int:
         dense = {"method": "dense", "seed": -1, "episodes": 0, "test_top1": uniform["dense_test_top1"],
                  "test_top1_finetuned": finetuned[("dense", 0.0)]}
         for w in args.distill:  # every run with a finished fine-tune, also those --finetune-methods left out now
-            column = "test_top1_finetuned" + distill_suffix(w)
-            for i, r in runs[runs.method != "uniform"].iterrows():
-                runs.loc[i, column] = finished_top1(finetune_folder(folder, f"{r.method}-seed{r.seed}",
-                                                                    args.finetune_epochs, w), args.finetune_epochs)
-            runs.loc[runs.method == "uniform", column] = finetuned[("uniform", w)]
-        runs = pd.concat([runs, pd.DataFrame([dense])], ignore_index=True)
-        for w in args.distill:
-            column = "test_top1_finetuned" + distill_suffix(w)
-            tuned = runs[runs.method != "dense"].groupby("method", sort=False)[column].agg(["mean", "std", "count"])
+            column = finetuned_column(w)
+            for i, r in runs.iterrows():
+                name = "uniform" if r.method == "uniform" else f"{r.method}-seed{r.seed}"
+                runs.loc[i, column] = finished_top1(finetune_folder(folder, name, args.finetune_epochs, w),
+                                                    args.finetune_epochs)
+            tuned = runs.groupby("method", sort=False)[column].agg(["mean", "std", "count"])
             summary[column] = summary.method.map(tuned["mean"])
             summary[column + "_std"] = summary.method.map(tuned["std"])
             summary["finetuned_runs" + distill_suffix(w)] = summary.method.map(tuned["count"])
+        runs = pd.concat([runs, pd.DataFrame([dense])], ignore_index=True)
         summary["dense_finetuned"] = dense["test_top1_finetuned"]
     runs.to_csv(folder / "runs.csv", index=False)
     summary.to_csv(folder / "summary.csv", index=False)
