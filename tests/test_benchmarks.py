@@ -147,6 +147,20 @@ def test_solve_precision_rebuilds_each_best_policy_both_ways_and_reproduces_the_
         solve_precision.main(args)
 
 
+def test_profile_pruning_prints_the_operators_of_the_recorded_recovery(tmp_path, capsys):
+    sys.path.insert(0, BENCHMARKS)
+    import profile_pruning
+
+    _tiny_random_searches(tmp_path)
+    policy = str(tmp_path / "res" / "tiny" / "random-seed0" / "best_policy.json")
+    assert profile_pruning.main([policy, "--checkpoint", str(tmp_path / "m.pt"), "--data-dir", "", "--repeats", "1",
+                                 "--solve-precision", "float64"]) == 0
+    table = capsys.readouterr().out
+    assert "aten::linalg_solve" in table or "aten::linalg_lu_factor_ex" in table  # the sequential solves ran
+    with pytest.raises(SystemExit, match="not found"):
+        profile_pruning.main([str(tmp_path / "none.json"), "--checkpoint", str(tmp_path / "m.pt"), "--data-dir", ""])
+
+
 def test_compare_methods_checks_rebuilds_and_reselects_on_the_rest_of_the_holdout(tmp_path):
     """Two tiny random searches summarised: each best policy rebuilds to its recorded search score, and
     re-selection picks, among each run's top-k, the policy that scores best on the held-out rest."""
