@@ -29,6 +29,7 @@ from torch import nn
 from .config import CalibrationConfig
 from .data import ImageSet, Normalization
 from .errors import AmcError
+from .forward_context import attached_hooks, eval_mode
 from .structure import DependencyGraph, kind_of
 
 
@@ -166,10 +167,7 @@ def _taylor_stats(model, modules, consumers, calib, stats) -> None:
 
 
 def _run_with_hooks(model, modules, consumers, hook, calib, *, grad: bool) -> None:
-    handles = [modules[name].register_forward_pre_hook(hook(name)) for name in consumers]
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model), attached_hooks(pre=[(modules[name], hook(name)) for name in consumers]):
         if grad:
             for x, y in calib.batches():
                 with torch.enable_grad():
@@ -178,7 +176,3 @@ def _run_with_hooks(model, modules, consumers, hook, calib, *, grad: bool) -> No
             with torch.inference_mode():
                 for x, _ in calib.batches():
                     model(x)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .errors import AmcError
+from .forward_context import attached_hooks, eval_mode
 from .latency import LatencyCost as Latency  # noqa: F401  (amc.cost.Latency, beside MacsCost and ParamsCost)
 from .ratios import allowed_counts, channels_for_ratio
 from .structure import DependencyGraph, GroupName, Keep, Layer
@@ -115,17 +116,10 @@ def macs(model: nn.Module, example_input: torch.Tensor) -> int:
             per_output = module.in_features
         total += output[0].numel() * per_output
 
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            model(example_input[:1].to(device))
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    device = next(model.parameters()).device
+    with eval_mode(model), attached_hooks(post=[(m, count) for m in layers]), torch.no_grad():
+        model(example_input[:1].to(device))
     return int(total)
 
 

@@ -7,11 +7,10 @@ eval-mode BatchNorms into the conv/linear layer before them (outputs equal up to
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from collections import Counter
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +20,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from .errors import AmcError
+from .forward_context import attached_hooks, eval_mode
 from .models.registry import import_object
 
 
@@ -35,12 +35,8 @@ def load_evaluator(path: str) -> Callable[[nn.Module], float]:
 
 def custom_score(evaluator: Callable[[nn.Module], float], model: nn.Module) -> float:
     """``evaluator(model)`` in eval mode (training mode restored), checked to be a finite number."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         value = evaluator(model)
-    finally:
-        model.train(was_training)
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -54,11 +50,9 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
 
     ``images``: already normalised float tensor (N, C, H, W) on the model's device.
     """
-    was_training = model.training
-    model.eval()
     correct1 = correct5 = 0
     loss = 0.0
-    with torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         for start in range(0, len(labels), batch_size):
             x = images[start:start + batch_size]
             y = labels[start:start + batch_size].to(x.device)
@@ -67,25 +61,12 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
             top = out.topk(min(5, out.shape[1]), dim=1).indices
             correct1 += (top[:, 0] == y).sum().item()
             correct5 += (top == y.view(-1, 1)).any(1).sum().item()
-    model.train(was_training)
     n = max(1, len(labels))
     return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss / n, "images": len(labels)}
 
 
 # ------------------------------------------------------------------ batch sizes by activation memory
 MIB = 2 ** 20
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """``model`` in eval mode inside the block; every module's own training flag restored after it."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def _tensor_bytes(value) -> int:
@@ -114,7 +95,7 @@ def largest_activation_bytes(model: nn.Module, input_shape: Sequence[int]) -> in
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     x = torch.zeros(1, *input_shape, dtype=dtype, device=first.device if first is not None else "cpu")
     largest = _tensor_bytes(x)
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         try:
             gm = fx.symbolic_trace(model)
         except Exception:
@@ -126,13 +107,8 @@ def largest_activation_bytes(model: nn.Module, input_shape: Sequence[int]) -> in
                     largest = max(largest, _tensor_bytes(node.meta.get("tensor_meta")))
             return largest
         sizes: list[int] = []
-        handles = [m.register_forward_hook(lambda _m, _i, out: sizes.append(_tensor_bytes(out)))
-                   for m in model.modules()]
-        try:
+        with attached_hooks(post=[(m, lambda _m, _i, out: sizes.append(_tensor_bytes(out))) for m in model.modules()]):
             model(x)
-        finally:
-            for h in handles:
-                h.remove()
         return max([largest, *sizes])
 
 

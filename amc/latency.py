@@ -32,6 +32,7 @@ from filelock import FileLock
 from torch import nn
 
 from .errors import AmcWarning
+from .forward_context import eval_mode
 from .io import atomic_write_text
 from .structure import DependencyGraph, Keep, Layer
 
@@ -159,7 +160,8 @@ class LatencyTable:
                 x = torch.randn(batch, *graph.input_shape, device=device)
                 layers = sum(table.predict(la, *la.kind.dense_widths(la.module)) for la in graph.layers
                              if la.kind.name in TIMED)
-                table.overheads[arch] = max(0.0, (timer or median_ms)(model.eval(), x) - layers)
+                with eval_mode(model):
+                    table.overheads[arch] = max(0.0, (timer or median_ms)(model, x) - layers)
             if (missing or new_overhead) and path is not None:
                 atomic_write_text(json.dumps({"device": key, "entries": table.entries,
                                               "overheads": table.overheads}) + "\n", path)
@@ -261,4 +263,5 @@ class LatencyCost:
 
     def measure(self, model: nn.Module, input_shape: Sequence[int]) -> float:
         device = next(model.parameters()).device
-        return median_ms(model.eval(), torch.randn(self.batch, *input_shape, device=device))
+        with eval_mode(model):
+            return median_ms(model, torch.randn(self.batch, *input_shape, device=device))

@@ -32,6 +32,7 @@ from .calibration import CalibrationSet
 from .config import PruneConfig
 from .cost import cost_model
 from .errors import AmcError
+from .forward_context import eval_mode
 from .io import atomic_write
 from .policy import Policy
 from .prune import PruningEngine, fold_masks
@@ -79,44 +80,45 @@ def sensitivity(model: nn.Module, example_input: torch.Tensor | Sequence[int], s
     if granularity not in GRANULARITIES:
         raise AmcError(f"unknown granularity '{granularity}' (choose channel or weight)")
     levels = _check_levels(levels)
-    model = model.eval()
-    baseline = float(score_fn(model))
-    rows = []
+    with eval_mode(model):  # the dense model and the copies scored; its modes are restored after
+        baseline = float(score_fn(model))
+        rows = []
 
-    def row(name, level, executed, size, score):
-        rows.append({"name": name, "granularity": granularity, "level": level, "executed_level": executed,
-                     "size": size, "score": float(score), "baseline_score": baseline, "drop": baseline - float(score)})
+        def row(name, level, executed, size, score):
+            rows.append({"name": name, "granularity": granularity, "level": level, "executed_level": executed,
+                         "size": size, "score": float(score), "baseline_score": baseline,
+                         "drop": baseline - float(score)})
 
-    if granularity == "channel":
-        graph = graph or trace(model, example_shape(example_input), exclude)
-        if not graph.prunable:
-            raise AmcError("the model has no prunable channel groups (see `amc inspect`)")
-        engine = PruningEngine(model, graph, PruneConfig(criterion=criterion, reconstruct=False, bn_batches=0,
-                                                          channels_last=False), calibration)
-        for g in graph.prunable:
-            for level in levels:
-                n = channels_for_ratio(1 - level, g.channels, g.blocks)
-                if progress:
-                    progress(g.name, level)
-                pruned = engine.prune_keep({g.name: n}).model
-                row(g.name, level, 1 - n / g.channels, g.channels, score_fn(pruned))
-    else:
-        work = fold_masks(copy_model(model)).eval()
-        layers = prunable_layers(work, keep_dense)
-        for name, module in layers.items():
-            original = module.weight.detach().clone()
-            try:
+        if granularity == "channel":
+            graph = graph or trace(model, example_shape(example_input), exclude)
+            if not graph.prunable:
+                raise AmcError("the model has no prunable channel groups (see `amc inspect`)")
+            cfg = PruneConfig(criterion=criterion, reconstruct=False, bn_batches=0, channels_last=False)
+            engine = PruningEngine(model, graph, cfg, calibration)
+            for g in graph.prunable:
                 for level in levels:
-                    count = round(level * original.numel())
-                    with torch.no_grad():
-                        mask = _smallest(original.abs().flatten(), count).view_as(original)
-                        module.weight.copy_(original * mask)
+                    n = channels_for_ratio(1 - level, g.channels, g.blocks)
                     if progress:
-                        progress(name, level)
-                    row(name, level, count / original.numel(), original.numel(), score_fn(work))
-            finally:
-                with torch.no_grad():
-                    module.weight.copy_(original)
+                        progress(g.name, level)
+                    pruned = engine.prune_keep({g.name: n}).model
+                    row(g.name, level, 1 - n / g.channels, g.channels, score_fn(pruned))
+        else:
+            work = fold_masks(copy_model(model)).eval()
+            layers = prunable_layers(work, keep_dense)
+            for name, module in layers.items():
+                original = module.weight.detach().clone()
+                try:
+                    for level in levels:
+                        count = round(level * original.numel())
+                        with torch.no_grad():
+                            mask = _smallest(original.abs().flatten(), count).view_as(original)
+                            module.weight.copy_(original * mask)
+                        if progress:
+                            progress(name, level)
+                        row(name, level, count / original.numel(), original.numel(), score_fn(work))
+                finally:
+                    with torch.no_grad():
+                        module.weight.copy_(original)
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

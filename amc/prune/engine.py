@@ -73,7 +73,7 @@ class PruningEngine:
         if cfg.sequential and cfg.bn_scope != "all":
             raise AmcError("bn_scope 'reconstructed' needs reconstruction 'consumers': sequential least squares "
                            "re-estimates every BatchNorm in its pass")
-        self.model, self.graph, self.cfg = model.eval(), graph, cfg
+        self.model, self.graph, self.cfg = model, graph, cfg
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.criterion = criterion(cfg.criterion)
         self.reconstructs = cfg.reconstruct and cfg.granularity == "channel"

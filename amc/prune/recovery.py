@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..calibration import random_positions
+from ..forward_context import attached_hooks, eval_mode
 from ..structure import DependencyGraph, Kept
 
 
@@ -167,15 +168,8 @@ def dense_targets(model: nn.Module, layers: list[str], images: torch.Tensor, poi
             targets[name] = LayerTarget(pos, _sampled_outputs(m, out, pos).float())
         return hook
 
-    handles = [modules[name].register_forward_hook(record(name)) for name in layers]
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(images)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    with eval_mode(model), attached_hooks(post=[(modules[name], record(name)) for name in layers]), torch.no_grad():
+        model(images)
     return targets
 
 
@@ -245,17 +239,11 @@ def reconstruct_sequentially(small: nn.Module, graph: DependencyGraph, kept: Kep
                 targets[name].outputs[0])
         return hook
 
-    handles = [h for name in targets for h in (modules[name].register_forward_pre_hook(before(name)),
-                                               modules[name].register_forward_hook(after(name)))]
-    try:
+    with attached_hooks(pre=[(modules[name], before(name)) for name in targets],
+                        post=[(modules[name], after(name)) for name in targets]):
         if not recalibrate_batchnorm(small, [images]):  # no BatchNorm to re-estimate: a plain pass
-            was_training = small.training
-            with torch.no_grad():
-                small.eval()(images)
-            small.train(was_training)
-    finally:
-        for h in handles:
-            h.remove()
+            with eval_mode(small), torch.no_grad():
+                small(images)
     return refitted
 
 
@@ -263,19 +251,21 @@ def batchnorms_after(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
     """BatchNorm name -> name of the conv/linear whose output it normalises directly (one forward of ``example``)."""
     producers: dict[int, str] = {}
     found: dict[str, str] = {}
-    hooks = []
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-            hooks.append(m.register_forward_hook(lambda mod, i, o, name=name: producers.__setitem__(id(o), name)))
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            hooks.append(m.register_forward_pre_hook(
-                lambda mod, i, name=name: found.__setitem__(name, producers[id(i[0])]) if id(i[0]) in producers else None))
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        for h in hooks:
-            h.remove()
+
+    def produced(name):
+        return lambda mod, inputs, out: producers.__setitem__(id(out), name)
+
+    def normalises(name):
+        def hook(mod, inputs):
+            if id(inputs[0]) in producers:
+                found[name] = producers[id(inputs[0])]
+        return hook
+
+    modules = list(model.named_modules())
+    layers = [(m, produced(n)) for n, m in modules if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
+    bns = [(m, normalises(n)) for n, m in modules if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    with eval_mode(model), attached_hooks(pre=bns, post=layers), torch.no_grad():
+        model(example)
     return found
 
 
@@ -290,22 +280,19 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], onl
            and (names is None or n in names)]
     if not bns:
         return 0
-    saved = [(m.momentum, m.training) for m in bns]
-    was_training = model.training
-    model.eval()
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
+    momenta = [m.momentum for m in bns]
     used = 0
-    try:
-        with torch.no_grad():
-            for x in batches:
-                model(x)
-                used += 1
-    finally:
-        for m, (momentum, training) in zip(bns, saved):
-            m.momentum = momentum
-            m.train(training)
-        model.train(was_training)
+    with eval_mode(model):
+        try:
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None
+                m.train()
+            with torch.no_grad():
+                for x in batches:
+                    model(x)
+                    used += 1
+        finally:
+            for m, momentum in zip(bns, momenta):
+                m.momentum = momentum
     return used

@@ -50,6 +50,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import AmcError
+from ..forward_context import eval_mode
 from .graph import ChannelGroup, DependencyGraph, Layer, Segment
 from .layers import BATCHNORM, CONV, DEPTHWISE, GROUPED, LAYERNORM, LINEAR, ChannelParameter, LayerKind
 
@@ -196,21 +197,20 @@ class _Tracer:
 
     # ------------------------------------------------------------ tracing
     def _trace(self, model: nn.Module) -> None:
-        was_training = model.training
-        model.eval()
+        with eval_mode(model):  # the trace shares the model's modules: ShapeProp runs them in eval mode
+            self._trace_in_eval_mode(model)
+
+    def _trace_in_eval_mode(self, model: nn.Module) -> None:
         try:
             gm = fx.symbolic_trace(model)
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise AmcError(f"cannot trace {type(model).__name__} with torch.fx: {first}") from None
-        finally:
-            model.train(was_training)
         device = next(model.parameters()).device
         self._tensors = {**dict(model.named_buffers()), **dict(model.named_parameters())}
         self._modules = dict(model.named_modules())
         with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints a traceback on errors
             try:
-                gm.eval()
                 ShapeProp(gm).propagate(torch.zeros(1, *self.input_shape, device=device))
             except Exception as exc:
                 cause = exc.__cause__ or exc  # ShapeProp wraps the model's own error
